@@ -8,7 +8,7 @@ from __future__ import annotations
 class ModuleDocFragment(object):
     """The PKCS#11 token options shared by the token modules."""
 
-    DOCUMENTATION = r"""
+    MODULE = r"""
 options:
   pkcs11_module:
     description:
@@ -18,6 +18,16 @@ options:
       - If not set, the value of the E(PKCS11_MODULE) environment variable is used.
     type: path
     required: true
+requirements:
+  - python-pkcs11 >= 0.9.4
+  - cryptography
+  - asn1crypto
+notes:
+  - The PKCS#11 module runs on the managed host, so the token and python-pkcs11 must be there, with Python 3.10 or newer.
+"""
+
+    DOCUMENTATION = r"""
+options:
   token_label:
     description:
       - Label of the token to work on. Mutually exclusive with O(token_serial).
@@ -35,12 +45,6 @@ options:
       - A wrong PIN is tried once and never retried, so that a real token does not lock itself.
       - If not set, the value of the E(PKCS11_USER_PIN) environment variable is used (for AWX credential types).
     type: str
-requirements:
-  - python-pkcs11 >= 0.9.4
-  - cryptography
-  - asn1crypto
-notes:
-  - The PKCS#11 module runs on the managed host, so the token and python-pkcs11 must be there, with Python 3.10 or newer.
 """
 
     ATTRIBUTES = r"""

@@ -31,14 +31,20 @@ class TokenError(Exception):
     """A failure whose message is safe to show: it never contains a PIN or passphrase."""
 
 
+def pkcs11_module_argument_spec():
+    """The module option (``tokenfleet.pki.token.module`` fragment)."""
+    return dict(pkcs11_module=dict(type='path', required=True, fallback=(env_fallback, ['PKCS11_MODULE'])))
+
+
 def token_argument_spec():
-    """The options every token module shares (documented in the ``tokenfleet.pki.token`` fragment)."""
-    return dict(
-        pkcs11_module=dict(type='path', required=True, fallback=(env_fallback, ['PKCS11_MODULE'])),
+    """The options every token module shares (``tokenfleet.pki.token`` and ``.module`` fragments)."""
+    spec = pkcs11_module_argument_spec()
+    spec.update(
         token_label=dict(type='str', no_log=False),
         token_serial=dict(type='str', no_log=False),
         user_pin=dict(type='str', no_log=True, fallback=(env_fallback, ['PKCS11_USER_PIN'])),
     )
+    return spec
 
 
 TOKEN_MUTUALLY_EXCLUSIVE = [('token_label', 'token_serial')]

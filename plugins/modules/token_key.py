@@ -19,6 +19,7 @@ description:
 author:
   - tokenfleet.pki contributors
 extends_documentation_fragment:
+  - tokenfleet.pki.token.module
   - tokenfleet.pki.token
   - tokenfleet.pki.token.attributes
 attributes:

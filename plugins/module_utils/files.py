@@ -1,0 +1,59 @@
+# Copyright (c) tokenfleet.pki contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Atomic file writes with mode and owner, private to the collection."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+
+class FileError(Exception):
+    """A file problem whose message is safe to show."""
+
+
+def check_parent_directory(path, option):
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise FileError('the directory of %s (%s) does not exist' % (option, parent))
+
+
+class StagedFile(object):
+    """Content written next to its destination but not yet in place.
+
+    ``commit()`` moves it over the destination atomically; ``discard()`` removes it.
+    Staging first lets a caller write a secret (a new PIN) before the change it records,
+    so that the secret is never only on the token.
+    """
+
+    def __init__(self, module, path, content, default_mode=0o600):
+        self.module = module
+        self.path = os.path.abspath(path)
+        check_parent_directory(self.path, 'the file')
+        fd, self.tmp_path = tempfile.mkstemp(prefix='.tokenfleet-', dir=os.path.dirname(self.path))
+        module.add_cleanup_file(self.tmp_path)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, content if isinstance(content, bytes) else content.encode('utf-8'))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.file_args = module.load_file_common_arguments(module.params, path=self.path)
+        if self.file_args.get('mode') is None:
+            self.file_args['mode'] = default_mode
+
+    def commit(self):
+        if os.path.exists(self.path):
+            # Tighten the old file first: atomic_move keeps the destination's attributes.
+            self.module.set_fs_attributes_if_different(self.file_args, False)
+        self.module.atomic_move(self.tmp_path, self.path)
+        self.module.set_fs_attributes_if_different(self.file_args, False)
+
+    def discard(self):
+        if os.path.exists(self.tmp_path):
+            os.unlink(self.tmp_path)
+
+
+def write_file(module, path, content, default_mode=0o600):
+    StagedFile(module, path, content, default_mode).commit()
