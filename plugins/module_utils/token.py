@@ -139,6 +139,8 @@ def token_serial(token):
 
 
 def token_summary(token):
+    if not token.flags & TokenFlag.TOKEN_INITIALIZED:
+        return 'an uninitialised token (serial %s)' % (token_serial(token) or 'none')
     return "'%s' (serial %s)" % (token.label, token_serial(token))
 
 

@@ -1,0 +1,190 @@
+#!/usr/bin/python
+# Copyright (c) tokenfleet.pki contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: token_init
+short_description: Initialise a PKCS#11 token and set or change its user PIN
+version_added: 0.1.0
+description:
+  - Initialises a PKCS#11 token with a label and SO PIN (C_InitToken), then sets its user PIN, as a device issuing
+    portal does when it hands out a token. B(Initialising wipes every key and certificate on the token.)
+  - A token that is already initialised with the requested O(label) is left alone unless O(force=true).
+    Initialising a token that carries another label also needs O(force=true).
+  - The user PIN is given, or generated at random (O(user_pin=random)) and written only to O(user_pin_path)
+    with mode V(0600); it is never returned or printed.
+  - O(new_user_pin) changes the user PIN of an initialised token.
+author:
+  - tokenfleet.pki contributors
+extends_documentation_fragment:
+  - tokenfleet.pki.token.module
+  - tokenfleet.pki.token.attributes
+  - ansible.builtin.files
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+options:
+  label:
+    description:
+      - Label the token gets (at most 32 bytes). It identifies the token in every other module (O(token_label)).
+    type: str
+    required: true
+  token_serial:
+    description:
+      - Serial number of the token to initialise. Without it (and without O(slot_id)) the token already labelled
+        O(label) is used, else the first token that is not initialised.
+    type: str
+  slot_id:
+    description:
+      - Id of the slot whose token is initialised, as M(tokenfleet.pki.token_info) reports it. Slot ids can change
+        when tokens are initialised (SoftHSM renumbers them), so prefer O(token_serial).
+    type: int
+  so_pin:
+    description:
+      - The security officer (SO) PIN. Initialising sets it; re-initialising an initialised token needs the current one.
+      - Needed to initialise, to set the first user PIN, and to reset the user PIN without the current one.
+      - If not set, the value of the E(PKCS11_SO_PIN) environment variable is used.
+    type: str
+  user_pin:
+    description:
+      - The user PIN to set when the token is initialised or has no user PIN yet; V(random) generates one.
+      - With O(new_user_pin), the current user PIN.
+      - On a token that already has a user PIN and without O(new_user_pin), it is not used.
+      - If not set, the value of the E(PKCS11_USER_PIN) environment variable is used.
+    type: str
+  user_pin_length:
+    description:
+      - Length of a generated user PIN (4 to 31).
+    type: int
+    default: 8
+  user_pin_digits_only:
+    description:
+      - Generate a user PIN of digits only, for tokens and users that need that.
+    type: bool
+    default: false
+  user_pin_path:
+    description:
+      - File the generated user PIN is written to (mode V(0600) unless O(mode) says otherwise). Required with
+        O(user_pin=random).
+      - The file is written before the PIN is set and put in place once the token accepted it, so the PIN is never
+        only on the token.
+    type: path
+  new_user_pin:
+    description:
+      - Change the user PIN to this value.
+      - Whether it already is the PIN is checked by logging in with it once, unless the token reports earlier failed
+        logins (then that check is skipped, so it never brings the token closer to locking). If it is not the PIN,
+        the module logs in once with O(user_pin) and changes it; without O(user_pin), the SO resets it with O(so_pin),
+        which also unblocks a locked user PIN.
+    type: str
+  force:
+    description:
+      - Re-initialise the token even if it already carries O(label), or initialise a token that carries another
+        label. This wipes the token, on every run.
+    type: bool
+    default: false
+notes:
+  - Secrets (O(so_pin), O(user_pin), O(new_user_pin)) are never logged or returned; a wrong PIN is tried once.
+seealso:
+  - module: tokenfleet.pki.token_info
+  - module: tokenfleet.pki.token_key
+"""
+
+EXAMPLES = r"""
+---
+- name: Issue a workstation token with a random 8-digit user PIN
+  tokenfleet.pki.token_init:
+    pkcs11_module: /usr/lib/x86_64-linux-gnu/opensc-pkcs11.so
+    label: "{{ inventory_hostname }}"
+    so_pin: "{{ token_so_pin }}"
+    user_pin: random
+    user_pin_digits_only: true
+    user_pin_path: /root/token-user-pin
+  no_log: true
+
+- name: Rotate the user PIN (reruns are no-ops once the new PIN is set)
+  tokenfleet.pki.token_init:
+    pkcs11_module: /usr/lib/softhsm/libsofthsm2.so
+    label: ws-001
+    user_pin: "{{ old_user_pin }}"
+    new_user_pin: "{{ new_user_pin }}"
+
+- name: Unblock a locked user PIN with the SO PIN
+  tokenfleet.pki.token_init:
+    pkcs11_module: /usr/lib/softhsm/libsofthsm2.so
+    label: ws-001
+    so_pin: "{{ token_so_pin }}"
+    new_user_pin: "{{ new_user_pin }}"
+"""
+
+RETURN = r"""
+label:
+  description: Label of the token.
+  returned: always
+  type: str
+  sample: ws-001
+serial:
+  description: Serial number of the token. V(null) in check mode when the token would be initialised.
+  returned: always
+  type: str
+  sample: b3d5a101d5b35196
+slot_id:
+  description: Slot of the token during this run.
+  returned: always
+  type: int
+  sample: 1437815190
+user_pin_path:
+  description: The file holding a generated user PIN (never the PIN itself).
+  returned: always
+  type: str
+  sample: /root/token-user-pin
+actions:
+  description: What was done, or would be done in check mode.
+  returned: always
+  type: list
+  elements: str
+  sample: [initialise token, set user PIN]
+"""
+
+from ansible.module_utils.basic import AnsibleModule, env_fallback
+
+from ansible_collections.tokenfleet.pki.plugins.module_utils.backends.token_init import TokenInitBackend
+from ansible_collections.tokenfleet.pki.plugins.module_utils.files import FileError
+from ansible_collections.tokenfleet.pki.plugins.module_utils.token import (
+    TokenError,
+    pkcs11_module_argument_spec,
+    require_pkcs11,
+)
+
+
+def main():
+    argument_spec = pkcs11_module_argument_spec()
+    argument_spec.update(
+        label=dict(type='str', required=True),
+        token_serial=dict(type='str', no_log=False),
+        slot_id=dict(type='int'),
+        so_pin=dict(type='str', no_log=True, fallback=(env_fallback, ['PKCS11_SO_PIN'])),
+        user_pin=dict(type='str', no_log=True, fallback=(env_fallback, ['PKCS11_USER_PIN'])),
+        user_pin_length=dict(type='int', default=8),
+        user_pin_digits_only=dict(type='bool', default=False),
+        user_pin_path=dict(type='path'),
+        new_user_pin=dict(type='str', no_log=True),
+        force=dict(type='bool', default=False),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, mutually_exclusive=[('token_serial', 'slot_id')],
+                           supports_check_mode=True, add_file_common_args=True)
+    require_pkcs11(module)
+    try:
+        result = TokenInitBackend(module).run()
+    except (TokenError, FileError) as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()
