@@ -158,9 +158,11 @@ def key_facts(token, private, public=None):
 
 
 def certificate_object_facts(token, obj):
-    cert = load_certificate(obj[Attribute.VALUE], 'certificate %r on the token' % obj.label)
-    facts = dict(label=obj.label, id=obj[Attribute.ID].hex(),
-                 uri=pkcs11_uri(token, obj.label, obj[Attribute.ID], 'cert'))
+    # python-pkcs11 Certificate objects have no .label property (only keys do): read CKA_LABEL.
+    label = obj[Attribute.LABEL]
+    cert = load_certificate(obj[Attribute.VALUE], 'certificate %r on the token' % label)
+    facts = dict(label=label, id=obj[Attribute.ID].hex(),
+                 uri=pkcs11_uri(token, label, obj[Attribute.ID], 'cert'))
     facts.update(certificate_facts(cert))
     return facts
 
