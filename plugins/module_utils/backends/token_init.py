@@ -8,7 +8,7 @@ from __future__ import annotations
 import secrets
 import string
 
-from ansible_collections.tokenfleet.pki.plugins.module_utils.files import StagedFile
+from ansible_collections.tokenfleet.pki.plugins.module_utils.files import StagedFile, check_parent_directory
 from ansible_collections.tokenfleet.pki.plugins.module_utils.token import (
     HAS_PKCS11,
     Pkcs11Library,
@@ -54,6 +54,7 @@ class TokenInitBackend(object):
                 raise TokenError('user_pin=random needs user_pin_path: a generated PIN is only ever written to that file')
             if self.new_user_pin is not None:
                 raise TokenError('new_user_pin cannot be combined with user_pin=random')
+            check_parent_directory(params['user_pin_path'], 'user_pin_path')
         for option in ('so_pin', 'user_pin', 'new_user_pin'):
             if params[option] == '':
                 raise TokenError('%s must not be empty' % option)
