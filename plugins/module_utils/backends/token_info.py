@@ -100,11 +100,15 @@ class TokenInfoBackend(object):
 
     def _objects(self, library, token):
         """Certificates (public objects) always; keys only when logged in with the user PIN."""
-        objects = dict(certificates=[])
+        objects = {}
         with TokenSession(library, token, user_pin=self.user_pin) as session:
-            for cert in session.find(ObjectClass.CERTIFICATE):
-                objects['certificates'].append(certificate_object_facts(token, cert))
+            objects['certificates'] = sorted((certificate_object_facts(token, cert)
+                                              for cert in session.find(ObjectClass.CERTIFICATE)), key=_by_label_and_id)
             if self.user_pin is not None:
-                objects['keys'] = [key_facts(token, private, matching_public_object(session, private))
-                                   for private in session.find(ObjectClass.PRIVATE_KEY)]
+                objects['keys'] = sorted((key_facts(token, private, matching_public_object(session, private))
+                                          for private in session.find(ObjectClass.PRIVATE_KEY)), key=_by_label_and_id)
         return objects
+
+
+def _by_label_and_id(facts):
+    return facts['label'], facts['id']
