@@ -314,7 +314,7 @@ def import_private_key(session, private_key, label, object_id, usage, extractabl
         private_template = decode_ec_private_key(der)
         private_template.update(usage_attributes(usage))
         public_template = decode_ec_public_key(public_key_der(private_key.public_key()))
-        public_template[Attribute.VERIFY] = 'sign' in usage
+        public_template.update(usage_attributes(usage, public=True))  # set every flag: SoftHSM defaults them to true
     else:
         raise TokenError('only RSA and EC keys can be imported to a token (got %s)' % type(private_key).__name__)
     private_template.update(private_key_template(extractable))
