@@ -51,9 +51,9 @@ class TokenInitBackend(object):
             if not low <= params['user_pin_length'] <= high:
                 raise TokenError('user_pin_length must be between %d and %d (got %d)' % (low, high, params['user_pin_length']))
             if not params['user_pin_path']:
-                raise TokenError('user_pin=random needs user_pin_path: a generated PIN is only ever written to that file')
+                raise TokenError('a generated user PIN needs user_pin_path: the PIN is only ever written to that file')
             if self.new_user_pin is not None:
-                raise TokenError('new_user_pin cannot be combined with user_pin=random')
+                raise TokenError('new_user_pin cannot be combined with a generated user_pin')
             check_parent_directory(params['user_pin_path'], 'user_pin_path')
         for option in ('so_pin', 'user_pin', 'new_user_pin'):
             if params[option] == '':
@@ -123,7 +123,7 @@ class TokenInitBackend(object):
     def _initialise(self, slot, token):
         self._require_so_pin('initialise a token')
         if self.user_pin is None:
-            raise TokenError('user_pin is required when a token is initialised (a value or "random")')
+            raise TokenError('user_pin is required when a token is initialised (a PIN, or "random" to generate one)')
         self.changed = True
         self.actions.append('initialise token' if not token.flags & TokenFlag.TOKEN_INITIALIZED else 'wipe and re-initialise token')
         self.actions.append('set user PIN')
@@ -136,7 +136,8 @@ class TokenInitBackend(object):
         if token.flags & TokenFlag.USER_PIN_INITIALIZED:
             return token
         if self.user_pin is None:
-            raise TokenError("token %s has no user PIN yet; give user_pin (a value or \"random\")" % token_summary(token))
+            raise TokenError('token %s has no user PIN yet; give user_pin (a PIN, or "random" to generate one)'
+                            % token_summary(token))
         self._require_so_pin('set the first user PIN')
         self.changed = True
         self.actions.append('set user PIN')
