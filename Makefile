@@ -1,0 +1,116 @@
+# Makefile for the tokenfleet.pki collection: set-up, tests and demo.
+#
+#   make deps          Debian packages, .venv with the Python requirements, collection link
+#   make sanity        ansible-test sanity (no Docker), see tests/utils/run_sanity.py
+#   make units         pytest tests/unit
+#   make integration   pytest tests/integration (SoftHSM2, OpenSC, scep, certmonger)
+#   make test          deps + sanity + units + integration, with a summary
+#   make demo          deps, then playbooks/demo.yml against playbooks/inventory/demo.yml
+#   make clean         remove .venv, .tmp and test output
+#
+# Variables: PYTHON (interpreter for .venv, default python3), SANITY_ARGS (extra
+# ansible-test sanity arguments, e.g. "--test validate-modules"), PYTEST_ARGS.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+DEPS_STAMP := $(VENV)/.requirements.stamp
+COLLECTIONS_ROOT := $(CURDIR)/.tmp/collections
+COLLECTION_LINK := .tmp/collections/ansible_collections/tokenfleet/pki
+DEBIAN_PACKAGES := softhsm2 opensc scep certmonger git
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+SANITY_ARGS ?=
+PYTEST_ARGS ?=
+
+export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS_ROOT)
+
+.PHONY: help deps debian-packages sanity units integration test demo clean
+
+help:
+	@sed -n 's/^#   make /  make /p' $(firstword $(MAKEFILE_LIST))
+
+deps: debian-packages $(DEPS_STAMP) $(COLLECTION_LINK)
+
+# Installs what is missing only; "apt-get update" runs first because a fresh
+# machine has no package lists. python3-venv is needed where python3 is Debian's
+# own and comes without ensurepip (python3 -m venv, and ansible-test's virtualenvs).
+debian-packages:
+	@missing=""; \
+	for pkg in $(DEBIAN_PACKAGES); do \
+	  dpkg -s "$$pkg" >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if ! $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1; then missing="$$missing python3-venv"; fi; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
+	else \
+	  echo "Debian packages present: $(DEBIAN_PACKAGES)"; \
+	fi
+
+# Re-installs whenever requirements.txt or tests/requirements.txt is newer than the stamp.
+$(DEPS_STAMP): requirements.txt tests/requirements.txt
+	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --disable-pip-version-check --quiet -r requirements.txt -r tests/requirements.txt
+	@touch $@
+
+# Relative link, so the checkout can be moved; ansible finds the collection
+# through ANSIBLE_COLLECTIONS_PATH=$(COLLECTIONS_ROOT).
+$(COLLECTION_LINK):
+	@mkdir -p $(dir $@)
+	ln -sfn ../../../.. $@
+
+sanity: deps
+	$(VENV)/bin/python tests/utils/run_sanity.py $(SANITY_ARGS)
+
+# A pytest run that collects nothing exits with 5: that only counts as a pass
+# while the directory holds no test files at all.
+define run_pytest
+	@if [ -z "$$(find $(1) -name 'test_*.py' -o -name '*_test.py' 2>/dev/null)" ]; then \
+	  echo "$(1): no tests yet, nothing to run"; \
+	else \
+	  $(VENV)/bin/python -m pytest $(1) $(PYTEST_ARGS); \
+	fi
+endef
+
+units: deps
+	$(call run_pytest,tests/unit)
+
+integration: deps
+	$(call run_pytest,tests/integration)
+
+# Runs every stage even after a failure, then prints one summary line per
+# stage and fails if any stage failed.
+test: deps
+	@start=$$(date +%s); passed=0; failed=0; summary=""; \
+	for stage in sanity units integration; do \
+	  echo; echo "==================== make $$stage ===================="; \
+	  t0=$$(date +%s); \
+	  if $(MAKE) --no-print-directory $$stage; then result=PASSED; passed=$$((passed+1)); \
+	  else result=FAILED; failed=$$((failed+1)); fi; \
+	  summary="$$summary$$(printf '%-12s %-7s %4ss' "$$stage" "$$result" "$$(( $$(date +%s) - t0 ))")\n"; \
+	done; \
+	echo; echo "========================= make test summary =========================="; \
+	printf "$$summary"; \
+	total=$$(( $$(date +%s) - start )); \
+	if [ "$$failed" -gt 0 ]; then \
+	  echo "==================== $$failed failed, $$passed passed in $${total}s ===================="; exit 1; \
+	else \
+	  echo "========================= $$passed passed in $${total}s ========================="; \
+	fi
+
+demo: deps
+	@for f in playbooks/demo.yml playbooks/inventory/demo.yml; do \
+	  if [ ! -f "$$f" ]; then \
+	    echo "make demo: $$f does not exist yet (the demo playbook and its inventory have not been written)." >&2; \
+	    exit 1; \
+	  fi; \
+	done
+	$(VENV)/bin/ansible-playbook -i playbooks/inventory/demo.yml playbooks/demo.yml
+
+clean:
+	rm -rf $(VENV) .tmp tests/output .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
