@@ -16,7 +16,7 @@ description:
     given) it also lists the certificates, and with O(user_pin) the keys.
   - Changes nothing. A wrong O(user_pin) is tried once.
 author:
-  - tokenfleet.pki contributors
+  - tokenfleet.pki contributors (@tokenfleet)
 extends_documentation_fragment:
   - tokenfleet.pki.token.module
   - tokenfleet.pki.token

@@ -18,7 +18,7 @@ description:
     with mode V(0600); it is never returned or printed.
   - O(new_user_pin) changes the user PIN of an initialised token.
 author:
-  - tokenfleet.pki contributors
+  - tokenfleet.pki contributors (@tokenfleet)
 extends_documentation_fragment:
   - tokenfleet.pki.token.module
   - tokenfleet.pki.token.attributes

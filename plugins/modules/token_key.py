@@ -17,7 +17,7 @@ description:
   - An existing key of the requested type and size or curve is left alone; its usage flags and id are aligned when
     they differ. A key of another type, size or curve is an error unless O(force=true).
 author:
-  - tokenfleet.pki contributors
+  - tokenfleet.pki contributors (@tokenfleet)
 extends_documentation_fragment:
   - tokenfleet.pki.token.module
   - tokenfleet.pki.token
