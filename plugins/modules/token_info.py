@@ -21,7 +21,6 @@ extends_documentation_fragment:
   - tokenfleet.pki.token.module
   - tokenfleet.pki.token
   - tokenfleet.pki.token.attributes
-  - ansible.builtin.action_common_attributes.info_module
 attributes:
   check_mode:
     support: full

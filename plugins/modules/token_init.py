@@ -31,7 +31,7 @@ attributes:
 options:
   label:
     description:
-      - Label the token gets (at most 32 bytes). It identifies the token in every other module (O(token_label)).
+      - Label the token gets (at most 32 bytes). It identifies the token in every other module (their C(token_label) option).
     type: str
     required: true
   token_serial:

@@ -137,7 +137,7 @@ class TokenInitBackend(object):
             return token
         if self.user_pin is None:
             raise TokenError('token %s has no user PIN yet; give user_pin (a PIN, or "random" to generate one)'
-                            % token_summary(token))
+                             % token_summary(token))
         self._require_so_pin('set the first user PIN')
         self.changed = True
         self.actions.append('set user PIN')
