@@ -50,7 +50,7 @@ _CURVE_BITS = {'secp256r1': 256, 'secp384r1': 384, 'secp521r1': 521}
 ED25519_OID = '1.3.101.112'
 RSA_SIZES = (2048, 3072, 4096)
 
-# usage name -> (capability on the private half, capability on the public half)
+# usage name -> attribute on the private half, and on the public half where it has one
 USAGES = ('sign', 'decrypt', 'derive', 'unwrap')
 _USAGE_ATTRIBUTES = {
     'sign': 'SIGN',
@@ -272,17 +272,14 @@ def destroy(objects):
 
 
 def find_key_for_public_key(session, public_key):
-    """(private, public) objects on the token whose public key equals ``public_key``, or (None, None)."""
+    """(private, public) objects on the token whose public key equals ``public_key``; either may be None."""
     wanted = public_key_der(public_key)
-    publics = session.find(ObjectClass.PUBLIC_KEY)
     for private in session.find(ObjectClass.PRIVATE_KEY):
-        public = matching_public_object(session, private) if private.key_type != KeyType.RSA else None
-        if public is None and private.key_type != KeyType.RSA:
-            continue
+        public = matching_public_object(session, private)
         candidate = public_key_from_objects(private, public)
         if candidate is not None and public_key_der(candidate) == wanted:
-            return private, public or matching_public_object(session, private)
-    for public in publics:
+            return private, public
+    for public in session.find(ObjectClass.PUBLIC_KEY):
         candidate = public_key_from_objects(None, public)
         if candidate is not None and public_key_der(candidate) == wanted:
             return None, public
