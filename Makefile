@@ -97,9 +97,9 @@ test: deps
 	printf "$$summary"; \
 	total=$$(( $$(date +%s) - start )); \
 	if [ "$$failed" -gt 0 ]; then \
-	  echo "==================== $$failed failed, $$passed passed in $${total}s ===================="; exit 1; \
+	  echo "make test: $$failed of 3 stages FAILED ($${total}s); see the stage output above"; exit 1; \
 	else \
-	  echo "========================= $$passed passed in $${total}s ========================="; \
+	  echo "make test: all 3 stages (sanity, units, integration) succeeded in $${total}s"; \
 	fi
 
 demo: deps

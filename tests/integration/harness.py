@@ -151,7 +151,7 @@ class SoftHSM:
                 return slot['serial']
         raise RuntimeError('initialised token %r not found in softhsm2-util --show-slots' % label)
 
-    def pkcs11_tool(self, *args: str, pin: str | None = None, check: bool = False) -> subprocess.CompletedProcess:
+    def pkcs11_tool(self, *args: str, pin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
         """Run OpenSC ``pkcs11-tool --module <SoftHSM> [--pin PIN] args...`` with this SoftHSM's environment."""
         argv = ['pkcs11-tool', '--module', self.module]
         if pin is not None:
