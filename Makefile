@@ -8,7 +8,7 @@
 #   make demo          deps, then playbooks/demo.yml against playbooks/inventory/demo.yml
 #   make clean         remove .venv, .tmp and test output
 #
-# Variables: PYTHON (interpreter for .venv, default python3), SANITY_ARGS (extra
+# Variables: WORKSTATIONS (simulated workstations in the demo, default 20), PYTHON (interpreter for .venv, default python3), SANITY_ARGS (extra
 # ansible-test sanity arguments, e.g. "--test validate-modules"), PYTEST_ARGS.
 
 SHELL := /bin/bash
@@ -24,6 +24,7 @@ DEBIAN_PACKAGES := softhsm2 opensc scep certmonger git
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 SANITY_ARGS ?=
 PYTEST_ARGS ?=
+WORKSTATIONS ?= 20
 
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS_ROOT)
 
@@ -103,13 +104,7 @@ test: deps
 	fi
 
 demo: deps
-	@for f in playbooks/demo.yml playbooks/inventory/demo.yml; do \
-	  if [ ! -f "$$f" ]; then \
-	    echo "make demo: $$f does not exist yet (the demo playbook and its inventory have not been written)." >&2; \
-	    exit 1; \
-	  fi; \
-	done
-	$(VENV)/bin/ansible-playbook -i playbooks/inventory/demo.yml playbooks/demo.yml
+	$(VENV)/bin/ansible-playbook -i playbooks/inventory/demo.yml playbooks/demo.yml -e demo_workstations=$(WORKSTATIONS)
 
 clean:
 	rm -rf $(VENV) .tmp tests/output .pytest_cache
