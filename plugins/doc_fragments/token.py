@@ -15,9 +15,9 @@ options:
       - Path of the PKCS#11 module (shared library) of the token, for example V(/usr/lib/softhsm/libsofthsm2.so)
         or V(/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so).
       - Symbolic links are resolved before the module is loaded, so two paths to the same library are one library.
-      - If not set, the value of the E(PKCS11_MODULE) environment variable is used.
+      - If not set, the value of the E(PKCS11_MODULE) environment variable is used; one of them is required
+        wherever a token is used.
     type: path
-    required: true
 requirements:
   - python-pkcs11 >= 0.9.4
   - cryptography

@@ -48,12 +48,12 @@ class SignerError(Exception):
 def key_source_argument_spec():
     """Options choosing the signing key: a file, or a key on a token (with the shared token options)."""
     spec = token_argument_spec()
-    spec['pkcs11_module']['required'] = False
     spec.update(
         private_key_path=dict(type='path'),
         private_key_passphrase=dict(type='str', no_log=True),
         key_label=dict(type='str', no_log=False),
         key_id=dict(type='str', no_log=False),
+        so_pin=dict(type='str', no_log=True),
     )
     return spec
 
@@ -62,7 +62,6 @@ KEY_SOURCE_MUTUALLY_EXCLUSIVE = [
     ('token_label', 'token_serial'),
     ('private_key_path', 'key_label'),
     ('private_key_path', 'key_id'),
-    ('private_key_path', 'pkcs11_module'),
 ]
 
 _HASH_NAMES = ('SHA1', 'SHA224', 'SHA256', 'SHA384', 'SHA512')
@@ -245,6 +244,9 @@ class KeySource(object):
         if require and not (self.on_token or self.in_file):
             raise SignerError('no key given: set private_key_path for a key file, or key_label and/or key_id '
                               '(with pkcs11_module) for a key on a token')
+        if params.get('so_pin') is not None:
+            raise SignerError('so_pin is not accepted: signing with a key is the user\'s act, so a token key is used '
+                              'only after a login with user_pin (the SO role cannot use keys)')
         if self.on_token and not params.get('pkcs11_module'):
             raise SignerError('a key on a token needs pkcs11_module (or the PKCS11_MODULE environment variable)')
         self.key_id = parse_hex_id(params['key_id'], 'key_id') if params.get('key_id') is not None else None

@@ -33,7 +33,7 @@ class TokenError(Exception):
 
 def pkcs11_module_argument_spec():
     """The module option (``tokenfleet.pki.token.module`` fragment)."""
-    return dict(pkcs11_module=dict(type='path', required=True, fallback=(env_fallback, ['PKCS11_MODULE'])))
+    return dict(pkcs11_module=dict(type='path', fallback=(env_fallback, ['PKCS11_MODULE'])))
 
 
 def token_argument_spec():
