@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from harness import SOFTHSM_MODULE, PlaybookRunner, SoftHSM, random_pin
+from harness import SOFTHSM_MODULE, PlaybookRunner, SoftHSM, make_test_ca, random_pin
 
 
 def _missing_tools() -> list[str]:
@@ -46,3 +46,20 @@ def run_playbook(tmp_path, softhsm) -> PlaybookRunner:
     returns a harness.PlaybookRun (rc, stdout, stderr, results, result(name)).
     """
     return PlaybookRunner(str(tmp_path), softhsm.env)
+
+
+@pytest.fixture
+def token(softhsm) -> dict:
+    """An initialised SoftHSM token 'ws-001' with long random user and SO PINs.
+
+    A dict: hsm (the softhsm fixture), label, serial, user (the user PIN), so (the SO PIN).
+    """
+    pins = dict(user=random_pin(), so=random_pin())
+    serial = softhsm.init_token('ws-001', pins['so'], pins['user'])
+    return dict(hsm=softhsm, label='ws-001', serial=serial, **pins)
+
+
+@pytest.fixture
+def test_ca():
+    """A throwaway CA: (key, certificate), see harness.make_test_ca() and harness.issue_certificate()."""
+    return make_test_ca()

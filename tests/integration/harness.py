@@ -4,12 +4,13 @@
 """Integration test harness: a private SoftHSM2 per test, playbook runs with recorded results.
 
 The fixtures in ``conftest.py`` wrap these classes; tests import the helpers directly
-(``from harness import assert_four_run, random_pin``).
+(``from harness import assert_four_run, four_run_tasks, random_pin``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
 import re
@@ -20,6 +21,10 @@ import sys
 import typing as t
 
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COLLECTIONS_ROOT = os.path.join(REPO_ROOT, '.tmp', 'collections')
@@ -30,6 +35,9 @@ SOFTHSM_MODULE = '/usr/lib/softhsm/libsofthsm2.so'
 PLAYBOOK_TIMEOUT = 900
 
 PIN_ALPHABET = string.ascii_letters + string.digits
+
+FOUR_RUN = ('check 1', 'run 1', 'check 2', 'run 2')
+"""Task names of the four-run pattern (see four_run_tasks() and assert_four_run())."""
 
 
 def random_pin(length: int = 24) -> str:
@@ -288,3 +296,56 @@ def assert_four_run(results: PlaybookRun | list[dict[str, t.Any]], names: t.Sequ
     assert [r['changed'] for r in records] == [True, True, False, False], (
         'expected changed, changed, unchanged, unchanged (check, run, check, run):\n' + detail
     )
+
+
+# -- tasks for the collection's modules ------------------------------------------------------------------
+
+def module_task(module: str, name: str, args: dict[str, t.Any], check: bool = False) -> dict[str, t.Any]:
+    """A task ``name`` calling ``tokenfleet.pki.<module>`` with a copy of ``args``; in check mode if ``check``."""
+    task: dict[str, t.Any] = {'name': name, 'tokenfleet.pki.' + module: dict(args)}
+    if check:
+        task['check_mode'] = True
+    return task
+
+
+def four_run_tasks(module: str, args: dict[str, t.Any]) -> list[dict[str, t.Any]]:
+    """The four tasks of the four-run pattern, named by FOUR_RUN: the 'check *' ones in check mode."""
+    return [module_task(module, name, args, check=name.startswith('check ')) for name in FOUR_RUN]
+
+
+def token_args(token: dict[str, t.Any]) -> dict[str, str]:
+    """Module options that select the ``token`` fixture's token and log in as its user."""
+    return dict(pkcs11_module=token['hsm'].module, token_label=token['label'], user_pin=token['user'])
+
+
+# -- a throwaway test CA -----------------------------------------------------------------------------------
+
+def make_test_ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A throwaway CA 'CN=tokenfleet test CA' (P-256, valid for a year): (key, certificate)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, 'tokenfleet test CA')])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return key, cert
+
+
+def issue_certificate(
+    ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate],
+    public_key: t.Any,
+    common_name: str,
+    days: int = 30,
+    start_offset_days: int = 0,
+) -> x509.Certificate:
+    """A certificate 'CN=<common_name>' for ``public_key`` signed by the test CA ``ca`` (from make_test_ca())."""
+    ca_key, ca_cert = ca
+    start = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=start_offset_days)
+    return (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .issuer_name(ca_cert.subject).public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start - datetime.timedelta(minutes=5)).not_valid_after(start + datetime.timedelta(days=days))
+            .sign(ca_key, hashes.SHA256()))

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import datetime
 import re
 
 import pytest
@@ -13,45 +12,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
-from cryptography.x509.oid import NameOID
 
-from harness import assert_four_run, random_pin
-
-FOUR = ['check 1', 'run 1', 'check 2', 'run 2']
-
-
-@pytest.fixture
-def token(softhsm):
-    """An initialised SoftHSM token with long random PINs."""
-    pins = dict(user=random_pin(), so=random_pin())
-    serial = softhsm.init_token('ws-001', pins['so'], pins['user'])
-    return dict(hsm=softhsm, label='ws-001', serial=serial, **pins)
-
-
-@pytest.fixture
-def test_ca():
-    """A throwaway CA: (key, certificate)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, 'tokenfleet test CA')])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=365))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    return key, cert
-
-
-def issue(ca, public_key, common_name, days=30, start_offset_days=0):
-    """A certificate for ``public_key`` signed by the test CA."""
-    ca_key, ca_cert = ca
-    start = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=start_offset_days)
-    return (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-            .issuer_name(ca_cert.subject).public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start - datetime.timedelta(minutes=5)).not_valid_after(start + datetime.timedelta(days=days))
-            .sign(ca_key, hashes.SHA256()))
+from harness import FOUR_RUN, assert_four_run, four_run_tasks, issue_certificate, module_task, random_pin, token_args
 
 
 def pem(cert):
@@ -70,34 +32,14 @@ def ski(public_key):
     return x509.SubjectKeyIdentifier.from_public_key(public_key).digest.hex()
 
 
-def token_args(token):
-    return dict(pkcs11_module=token['hsm'].module, token_label=token['label'], user_pin=token['user'])
-
-
 def cert_task(token, name, check=False, **options):
-    args = token_args(token)
-    args.update(options)
-    task = {'name': name, 'tokenfleet.pki.token_cert': args}
-    if check:
-        task['check_mode'] = True
-    return task
-
-
-def key_task(token, name, **options):
-    args = token_args(token)
-    args.update(options)
-    return {'name': name, 'tokenfleet.pki.token_key': args}
-
-
-def four_run(token, **options):
-    return [cert_task(token, 'check 1', True, **options), cert_task(token, 'run 1', **options),
-            cert_task(token, 'check 2', True, **options), cert_task(token, 'run 2', **options)]
+    return module_task('token_cert', name, dict(token_args(token), **options), check)
 
 
 def make_key(token, run_playbook, label='vpn', **options):
     """Generate a key with token_key; return (result, cryptography public key)."""
     options.setdefault('type', 'ec')
-    result = run_playbook([key_task(token, 'key', label=label, **options)]).result('key')
+    result = run_playbook([module_task('token_key', 'key', dict(token_args(token), label=label, **options))]).result('key')
     assert result['status'] == 'ok', result
     facts = result['result']
     return facts, serialization.load_pem_public_key(facts['public_key'].encode())
@@ -153,7 +95,7 @@ def _no_access_flag(access, flag):
 @pytest.mark.parametrize('source', ['pem_path', 'der_path', 'content'])
 def test_write_certificate_four_run_and_check_with_pkcs11_tool(token, run_playbook, tmp_path, test_ca, source):
     key, public_key = make_key(token, run_playbook)
-    cert = issue(test_ca, public_key, 'ws-001.example.org')
+    cert = issue_certificate(test_ca, public_key, 'ws-001.example.org')
     if source == 'pem_path':
         (tmp_path / 'vpn.pem').write_text(pem(cert))
         options = dict(certificate_path=str(tmp_path / 'vpn.pem'))
@@ -163,14 +105,14 @@ def test_write_certificate_four_run_and_check_with_pkcs11_tool(token, run_playbo
     else:
         options = dict(certificate_content=pem(cert))
 
-    run = run_playbook(four_run(token, **options))
-    assert_four_run(run.results, FOUR)
+    run = run_playbook(four_run_tasks('token_cert', dict(token_args(token), **options)))
+    assert_four_run(run.results, FOUR_RUN)
     assert run.result('check 1')['result']['actions'] == ['write certificate']
     assert run.result('run 1')['result']['actions'] == ['write certificate']
     assert run.result('run 2')['result']['actions'] == []
 
     written = run.result('run 1')['result']
-    for name in FOUR:  # check mode predicts exactly what the run reports
+    for name in FOUR_RUN:  # check mode predicts exactly what the run reports
         facts = run.result(name)['result']
         assert {k: facts[k] for k in ('label', 'id', 'fingerprint_sha256', 'uri', 'key_found')} == \
             {k: written[k] for k in ('label', 'id', 'fingerprint_sha256', 'uri', 'key_found')}
@@ -202,24 +144,25 @@ def test_write_certificate_four_run_and_check_with_pkcs11_tool(token, run_playbo
 
 def test_label_and_id_options_override_the_key_defaults(token, run_playbook, test_ca):
     dummy, public_key = make_key(token, run_playbook)
-    cert = issue(test_ca, public_key, 'ws-001')
-    run = run_playbook(four_run(token, certificate_content=pem(cert), label='vpn-cert', id='0a:1B'))
-    assert_four_run(run.results, FOUR)
+    cert = issue_certificate(test_ca, public_key, 'ws-001')
+    run = run_playbook(four_run_tasks('token_cert', dict(token_args(token), certificate_content=pem(cert), label='vpn-cert',
+                                                         id='0a:1B')))
+    assert_four_run(run.results, FOUR_RUN)
     assert (run.result('run 1')['result']['label'], run.result('run 1')['result']['id']) == ('vpn-cert', '0a1b')
     assert [(c['label'], c['ID']) for c in certificate_objects(token)] == [('vpn-cert', '0a1b')]
 
 
 def test_replace_certificate_with_a_newer_one(token, run_playbook, tmp_path, test_ca):
     key, public_key = make_key(token, run_playbook, type='rsa')
-    old = issue(test_ca, public_key, 'ws-001 2025')
-    new = issue(test_ca, public_key, 'ws-001 2026', days=365, start_offset_days=1)
+    old = issue_certificate(test_ca, public_key, 'ws-001 2025')
+    new = issue_certificate(test_ca, public_key, 'ws-001 2026', days=365, start_offset_days=1)
     first = run_playbook([cert_task(token, 'old', certificate_content=pem(old))]).result('old')
     assert first['status'] == 'ok' and first['changed']
     assert read_certificate(token, tmp_path, key['id']) == der(old)
 
     (tmp_path / 'new.pem').write_text(pem(new))
-    run = run_playbook(four_run(token, certificate_path=str(tmp_path / 'new.pem')))
-    assert_four_run(run.results, FOUR)
+    run = run_playbook(four_run_tasks('token_cert', dict(token_args(token), certificate_path=str(tmp_path / 'new.pem'))))
+    assert_four_run(run.results, FOUR_RUN)
     assert run.result('check 1')['result']['actions'] == ['write certificate', 'delete 1 old certificate']
     assert run.result('run 1')['result']['actions'] == ['write certificate', 'delete 1 old certificate']
     diff = run.result('run 1')['result']['diff']
@@ -236,12 +179,12 @@ def test_replace_certificate_with_a_newer_one(token, run_playbook, tmp_path, tes
 
 def test_absent_four_run_keeps_the_key(token, run_playbook, test_ca):
     key, public_key = make_key(token, run_playbook)
-    cert = issue(test_ca, public_key, 'ws-001')
+    cert = issue_certificate(test_ca, public_key, 'ws-001')
     assert run_playbook([cert_task(token, 'write', certificate_content=pem(cert))]).result('write')['changed']
     assert len(certificate_objects(token)) == 1
 
-    run = run_playbook(four_run(token, label='vpn', state='absent'))
-    assert_four_run(run.results, FOUR)
+    run = run_playbook(four_run_tasks('token_cert', dict(token_args(token), label='vpn', state='absent')))
+    assert_four_run(run.results, FOUR_RUN)
     assert run.result('run 1')['result']['actions'] == ['delete 1 certificate']
     assert run.result('check 1')['result']['diff']['before']['certificates'][0]['fingerprint_sha256'] == fingerprint(cert)
     assert certificate_objects(token) == []
@@ -251,12 +194,12 @@ def test_absent_four_run_keeps_the_key(token, run_playbook, test_ca):
 def test_absent_by_certificate_content_removes_only_that_certificate(token, run_playbook, test_ca):
     dummy, public_key = make_key(token, run_playbook)
     ca_key, ca_cert = test_ca
-    keep = issue(test_ca, public_key, 'ws-001')
+    keep = issue_certificate(test_ca, public_key, 'ws-001')
     run = run_playbook([cert_task(token, 'cert', certificate_content=pem(keep)),
                         cert_task(token, 'ca', certificate_content=pem(ca_cert), allow_orphan=True, label='ca')])
     assert [r['status'] for r in run.results] == ['ok', 'ok']
-    run = run_playbook(four_run(token, certificate_content=pem(ca_cert), state='absent'))
-    assert_four_run(run.results, FOUR)
+    run = run_playbook(four_run_tasks('token_cert', dict(token_args(token), certificate_content=pem(ca_cert), state='absent')))
+    assert_four_run(run.results, FOUR_RUN)
     assert [(c['label'], c['subject']) for c in certificate_objects(token)] == [('vpn', 'DN: CN=ws-001')]
 
 
@@ -284,8 +227,9 @@ def test_orphan_certificate_is_refused_unless_allowed(token, run_playbook, test_
     assert 'label is required' in no_label['result']['msg']
     assert certificate_objects(token) == []  # the token was not changed
 
-    run = run_playbook(four_run(token, certificate_content=pem(ca_cert), allow_orphan=True, label='company-ca'))
-    assert_four_run(run.results, FOUR)
+    run = run_playbook(four_run_tasks('token_cert', dict(token_args(token), certificate_content=pem(ca_cert), allow_orphan=True,
+                                                         label='company-ca')))
+    assert_four_run(run.results, FOUR_RUN)
     written = run.result('run 1')['result']
     assert written['key_found'] is False
     assert written['id'] == ski(ca_cert.public_key())
@@ -297,7 +241,7 @@ def test_orphan_certificate_is_refused_unless_allowed(token, run_playbook, test_
 def test_orphan_may_not_take_over_the_label_of_another_keys_certificate(token, run_playbook, test_ca):
     key, public_key = make_key(token, run_playbook)
     dummy, ca_cert = test_ca
-    run = run_playbook([cert_task(token, 'cert', certificate_content=pem(issue(test_ca, public_key, 'ws-001'))),
+    run = run_playbook([cert_task(token, 'cert', certificate_content=pem(issue_certificate(test_ca, public_key, 'ws-001'))),
                         cert_task(token, 'orphan', certificate_content=pem(ca_cert), allow_orphan=True, label='vpn')])
     result = run.result('orphan')
     assert result['status'] == 'failed'
@@ -312,7 +256,7 @@ def test_orphan_may_not_take_over_the_label_of_another_keys_certificate(token, r
                                   'id_not_hex', 'directory'])
 def test_bad_input_is_refused_before_anything_changes(token, run_playbook, tmp_path, test_ca, case):
     dummy, public_key = make_key(token, run_playbook)
-    cert = issue(test_ca, public_key, 'ws-001')
+    cert = issue_certificate(test_ca, public_key, 'ws-001')
     garbage = tmp_path / 'garbage.pem'
     garbage.write_text('-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n')
     options, expected = {
@@ -339,7 +283,7 @@ def test_bad_input_is_refused_before_anything_changes(token, run_playbook, tmp_p
 
 def make_p12(path, ca, passphrase, key_type='rsa', extra_ca=True):
     key = rsa.generate_private_key(65537, 2048) if key_type == 'rsa' else ec.generate_private_key(ec.SECP384R1())
-    cert = issue(ca, key.public_key(), 'epuap.example.gov.pl')
+    cert = issue_certificate(ca, key.public_key(), 'epuap.example.gov.pl')
     cas = [ca[1]] if extra_ca else None
     path.write_bytes(pkcs12.serialize_key_and_certificates(
         b'epuap', key, cert, cas, serialization.BestAvailableEncryption(passphrase.encode())))
@@ -351,8 +295,9 @@ def test_pkcs12_import_four_run(token, run_playbook, tmp_path, test_ca, key_type
     passphrase = random_pin(32)
     p12 = tmp_path / 'epuap.p12'
     key, cert = make_p12(p12, test_ca, passphrase, key_type)
-    run = run_playbook(four_run(token, pkcs12_path=str(p12), pkcs12_passphrase=passphrase, label='epuap'))
-    assert_four_run(run.results, FOUR)
+    run = run_playbook(four_run_tasks('token_cert', dict(token_args(token), pkcs12_path=str(p12), pkcs12_passphrase=passphrase,
+                                                         label='epuap')))
+    assert_four_run(run.results, FOUR_RUN)
     assert run.result('check 1')['result']['actions'] == ['import key', 'write certificate']
     assert run.result('run 1')['result']['actions'] == ['import key', 'write certificate']
     assert run.result('run 2')['result']['actions'] == []
@@ -444,7 +389,7 @@ def test_no_pin_or_passphrase_in_verbose_output(token, run_playbook, tmp_path, t
     wrong = random_pin(32)
     p12 = tmp_path / 'epuap.p12'
     make_p12(p12, test_ca, passphrase)
-    cert = issue(test_ca, public_key, 'ws-001')
+    cert = issue_certificate(test_ca, public_key, 'ws-001')
     tasks = [
         cert_task(token, 'cert check', True, certificate_content=pem(cert)),
         cert_task(token, 'cert', certificate_content=pem(cert)),

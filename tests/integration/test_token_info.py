@@ -5,16 +5,11 @@
 
 from __future__ import annotations
 
-from harness import random_pin
+from harness import module_task, random_pin
 
 
 def info_task(hsm, name, check=False, **options):
-    args = dict(pkcs11_module=hsm.module)
-    args.update(options)
-    task = {'name': name, 'tokenfleet.pki.token_info': args}
-    if check:
-        task['check_mode'] = True
-    return task
+    return module_task('token_info', name, dict({'pkcs11_module': hsm.module}, **options), check)
 
 
 def test_lists_every_token_with_state_and_the_selected_tokens_keys(softhsm, run_playbook):

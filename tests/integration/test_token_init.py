@@ -11,21 +11,11 @@ import stat
 
 import pytest
 
-from harness import assert_four_run, random_pin
+from harness import FOUR_RUN, assert_four_run, four_run_tasks, module_task, random_pin
 
 
 def init_task(hsm, name, check=False, **options):
-    args = dict(pkcs11_module=hsm.module)
-    args.update(options)
-    task = {'name': name, 'tokenfleet.pki.token_init': args}
-    if check:
-        task['check_mode'] = True
-    return task
-
-
-def four_run(hsm, **options):
-    return [init_task(hsm, 'check 1', True, **options), init_task(hsm, 'run 1', **options),
-            init_task(hsm, 'check 2', True, **options), init_task(hsm, 'run 2', **options)]
+    return module_task('token_init', name, dict({'pkcs11_module': hsm.module}, **options), check)
 
 
 def can_log_in(hsm, label, pin):
@@ -43,9 +33,10 @@ def serial_of(hsm, label):
 def test_initialise_free_slot_with_random_digit_pin(softhsm, run_playbook, tmp_path):
     so_pin = random_pin()
     pin_file = tmp_path / 'user-pin'
-    run = run_playbook(four_run(softhsm, label='ws-001', so_pin=so_pin, user_pin='random', user_pin_length=12,
-                                user_pin_digits_only=True, user_pin_path=str(pin_file)), verbosity=3)
-    assert_four_run(run.results, ['check 1', 'run 1', 'check 2', 'run 2'])
+    run = run_playbook(four_run_tasks('token_init', dict(pkcs11_module=softhsm.module, label='ws-001', so_pin=so_pin,
+                                                         user_pin='random', user_pin_length=12, user_pin_digits_only=True,
+                                                         user_pin_path=str(pin_file))), verbosity=3)
+    assert_four_run(run.results, FOUR_RUN)
     assert run.result('check 1')['result']['actions'] == ['initialise token', 'set user PIN']
     assert run.result('check 1')['result']['serial'] is None
     assert token_labels(softhsm) == ['ws-001']
@@ -61,9 +52,10 @@ def test_initialise_free_slot_with_random_digit_pin(softhsm, run_playbook, tmp_p
 def test_initialise_with_given_pin_and_change_it(softhsm, run_playbook):
     so_pin, old_pin, new_pin = random_pin(), random_pin(), random_pin()
     run = run_playbook([init_task(softhsm, 'init', label='ws-001', so_pin=so_pin, user_pin=old_pin)]
-                       + four_run(softhsm, label='ws-001', user_pin=old_pin, new_user_pin=new_pin), verbosity=3)
+                       + four_run_tasks('token_init', dict(pkcs11_module=softhsm.module, label='ws-001', user_pin=old_pin,
+                                                           new_user_pin=new_pin)), verbosity=3)
     assert run.result('init')['changed']
-    assert_four_run(run.results[1:], ['check 1', 'run 1', 'check 2', 'run 2'])
+    assert_four_run(run.results[1:], FOUR_RUN)
     assert run.result('run 1')['result']['actions'] == ['change user PIN']
     assert can_log_in(softhsm, 'ws-001', new_pin)
     output = run.stdout + run.stderr
@@ -74,8 +66,9 @@ def test_initialise_with_given_pin_and_change_it(softhsm, run_playbook):
 def test_so_resets_user_pin_without_the_current_one(softhsm, run_playbook):
     so_pin, forgotten, new_pin = random_pin(), random_pin(), random_pin()
     softhsm.init_token('ws-001', so_pin, forgotten)
-    run = run_playbook(four_run(softhsm, label='ws-001', so_pin=so_pin, new_user_pin=new_pin))
-    assert_four_run(run.results, ['check 1', 'run 1', 'check 2', 'run 2'])
+    run = run_playbook(four_run_tasks('token_init', dict(pkcs11_module=softhsm.module, label='ws-001', so_pin=so_pin,
+                                                         new_user_pin=new_pin)))
+    assert_four_run(run.results, FOUR_RUN)
     assert run.result('run 1')['result']['actions'] == ['reset user PIN as SO']
     assert can_log_in(softhsm, 'ws-001', new_pin)
 

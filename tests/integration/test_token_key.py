@@ -11,29 +11,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from harness import assert_four_run, random_pin
-
-
-@pytest.fixture
-def token(softhsm):
-    """An initialised SoftHSM token with long random PINs."""
-    pins = dict(user=random_pin(), so=random_pin())
-    serial = softhsm.init_token('ws-001', pins['so'], pins['user'])
-    return dict(hsm=softhsm, label='ws-001', serial=serial, **pins)
+from harness import FOUR_RUN, assert_four_run, four_run_tasks, issue_certificate, module_task, random_pin, token_args
 
 
 def key_task(token, name, check=False, **options):
-    args = dict(pkcs11_module=token['hsm'].module, token_label=token['label'], user_pin=token['user'])
-    args.update(options)
-    task = {'name': name, 'tokenfleet.pki.token_key': args}
-    if check:
-        task['check_mode'] = True
-    return task
-
-
-def four_run(token, **options):
-    return [key_task(token, 'check 1', True, **options), key_task(token, 'run 1', **options),
-            key_task(token, 'check 2', True, **options), key_task(token, 'run 2', **options)]
+    return module_task('token_key', name, dict(token_args(token), **options), check)
 
 
 def private_key_objects(token):
@@ -50,6 +32,15 @@ def private_key_objects(token):
     return objects
 
 
+def write_certificate_with_pkcs11_tool(token, tmp_path, ca, key):
+    """Write a certificate for ``key`` (a token_key result) under the key's id and label with an independent tool."""
+    public_key = serialization.load_pem_public_key(key['public_key'].encode())
+    cert_der = tmp_path / 'cert.der'
+    cert_der.write_bytes(issue_certificate(ca, public_key, key['label']).public_bytes(serialization.Encoding.DER))
+    token['hsm'].pkcs11_tool('--token-label', token['label'], '--login', '--write-object', str(cert_der), '--type', 'cert',
+                             '--id', key['id'], '--label', key['label'], pin=token['user'])
+
+
 @pytest.mark.parametrize('options, header, size, curve', [
     (dict(type='rsa'), 'Private Key Object; RSA', 2048, None),
     (dict(type='ec', curve='secp256r1'), 'Private Key Object; EC', 256, 'secp256r1'),
@@ -57,8 +48,8 @@ def private_key_objects(token):
     (dict(type='ed25519'), 'Private Key Object; EC_EDWARDS', 256, None),
 ])
 def test_generate_four_run_and_check_with_pkcs11_tool(token, run_playbook, options, header, size, curve):
-    run = run_playbook(four_run(token, label='vpn', **options))
-    assert_four_run(run.results, ['check 1', 'run 1', 'check 2', 'run 2'])
+    run = run_playbook(four_run_tasks('token_key', dict(token_args(token), label='vpn', **options)))
+    assert_four_run(run.results, FOUR_RUN)
     generated = run.result('run 1')['result']
     again = run.result('run 2')['result']
     assert generated['label'] == 'vpn'
@@ -86,9 +77,9 @@ def test_generate_four_run_and_check_with_pkcs11_tool(token, run_playbook, optio
 
 
 def test_given_id_and_usage(token, run_playbook):
-    run = run_playbook(four_run(token, label='Podpis2026', id='0A:1b', usage=['sign'],
-                                label_pattern='^[A-Za-z0-9]{1,20}$'))
-    assert_four_run(run.results, ['check 1', 'run 1', 'check 2', 'run 2'])
+    run = run_playbook(four_run_tasks('token_key', dict(token_args(token), label='Podpis2026', id='0A:1b', usage=['sign'],
+                                                        label_pattern='^[A-Za-z0-9]{1,20}$')))
+    assert_four_run(run.results, FOUR_RUN)
     assert run.result('run 1')['result']['id'] == '0a1b'
     assert run.result('run 1')['result']['usage'] == ['sign']
     seen = private_key_objects(token)[0]
@@ -107,13 +98,9 @@ def test_changing_usage_of_an_existing_key(token, run_playbook):
     assert private_key_objects(token)[0]['usage'] == 'decrypt, sign'
 
 
-def test_other_type_needs_force_and_force_replaces_key_and_its_certificate(token, run_playbook, tmp_path):
+def test_other_type_needs_force_and_force_replaces_key_and_its_certificate(token, run_playbook, tmp_path, test_ca):
     first = run_playbook([key_task(token, 'ec', label='k', type='ec')]).result('ec')['result']
-    # A certificate with the key's id, written by an independent tool.
-    cert_der = tmp_path / 'cert.der'
-    cert_der.write_bytes(_self_signed_der())
-    token['hsm'].pkcs11_tool('--token-label', 'ws-001', '--login', '--write-object', str(cert_der), '--type', 'cert',
-                             '--id', first['id'], '--label', 'k', pin=token['user'])
+    write_certificate_with_pkcs11_tool(token, tmp_path, test_ca, first)
     run = run_playbook([key_task(token, 'no force', label='k', type='rsa'),
                         key_task(token, 'force check', True, label='k', type='rsa', force=True),
                         key_task(token, 'force', label='k', type='rsa', force=True),
@@ -133,14 +120,11 @@ def test_other_type_needs_force_and_force_replaces_key_and_its_certificate(token
     assert 'Certificate Object' not in certs
 
 
-def test_absent_removes_private_public_and_certificate(token, run_playbook, tmp_path):
+def test_absent_removes_private_public_and_certificate(token, run_playbook, tmp_path, test_ca):
     created = run_playbook([key_task(token, 'create', label='old', type='ec')]).result('create')['result']
-    cert_der = tmp_path / 'cert.der'
-    cert_der.write_bytes(_self_signed_der())
-    token['hsm'].pkcs11_tool('--token-label', 'ws-001', '--login', '--write-object', str(cert_der), '--type', 'cert',
-                             '--id', created['id'], '--label', 'old', pin=token['user'])
-    run = run_playbook(four_run(token, label='old', state='absent'))
-    assert_four_run(run.results, ['check 1', 'run 1', 'check 2', 'run 2'])
+    write_certificate_with_pkcs11_tool(token, tmp_path, test_ca, created)
+    run = run_playbook(four_run_tasks('token_key', dict(token_args(token), label='old', state='absent')))
+    assert_four_run(run.results, FOUR_RUN)
     assert run.result('check 1')['result']['actions'] == ['delete 3 objects']
     listing = token['hsm'].pkcs11_tool('--token-label', 'ws-001', '--login', '--list-objects', pin=token['user']).stdout
     assert 'Object' not in listing
@@ -207,7 +191,7 @@ def test_wrong_pin_is_reported_and_no_key_is_made(token, run_playbook):
 
 
 def test_no_pin_in_verbose_output(token, run_playbook):
-    run = run_playbook(four_run(token, label='vpn', type='ec') + [
+    run = run_playbook(four_run_tasks('token_key', dict(token_args(token), label='vpn', type='ec')) + [
         key_task(token, 'remove', label='vpn', state='absent')], verbosity=3)
     assert run.rc == 0
     output = run.stdout + run.stderr
@@ -215,20 +199,3 @@ def test_no_pin_in_verbose_output(token, run_playbook):
     assert 'VALUE_SPECIFIED_IN_NO_LOG_PARAMETER' in output  # and their arguments, with the PIN masked
     assert token['user'] not in output
     assert token['so'] not in output
-
-
-def _self_signed_der():
-    """Any certificate will do for the pkcs11-tool writes above; the key's id is what matters."""
-    import datetime
-
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, 'test')])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
-    return cert.public_bytes(serialization.Encoding.DER)
