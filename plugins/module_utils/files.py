@@ -8,9 +8,24 @@ from __future__ import annotations
 import os
 import tempfile
 
+from ansible_collections.tokenfleet.pki.plugins.module_utils.common import PkiError
 
-class FileError(Exception):
+
+class FileError(PkiError):
     """A file problem whose message is safe to show."""
+
+
+def read_file(path, option):
+    """The bytes of a file on the managed host; a clear error names the option otherwise."""
+    try:
+        with open(path, 'rb') as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise FileError('%s %s does not exist' % (option, path))
+    except IsADirectoryError:
+        raise FileError('%s %s is a directory, not a file' % (option, path))
+    except OSError as exc:
+        raise FileError('%s %s cannot be read: %s' % (option, path, exc.strerror or exc))
 
 
 def check_parent_directory(path, option):

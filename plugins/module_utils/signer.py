@@ -10,9 +10,10 @@ that never leaves its token. Nothing here is specific to one kind of document.
 
 from __future__ import annotations
 
+from ansible_collections.tokenfleet.pki.plugins.module_utils.common import PkiError
+from ansible_collections.tokenfleet.pki.plugins.module_utils.files import read_file
 from ansible_collections.tokenfleet.pki.plugins.module_utils.token import (
     HAS_PKCS11,
-    TokenError,
     describe_error,
     describe_selector,
     open_token,
@@ -41,7 +42,7 @@ else:
     _RSAPrivateKey = _ECPrivateKey = _Ed25519PrivateKey = object
 
 
-class SignerError(Exception):
+class SignerError(PkiError):
     """A key that cannot be used; the message never contains a PIN or passphrase."""
 
 
@@ -210,11 +211,7 @@ def token_private_key(token, session, key_object, public_object=None):
 
 def load_private_key_file(path, passphrase):
     """A private key from a PEM or DER file; errors name the option, never the passphrase."""
-    try:
-        with open(path, 'rb') as handle:
-            data = handle.read()
-    except OSError as exc:
-        raise SignerError('private_key_path %s cannot be read: %s' % (path, exc.strerror or exc))
+    data = read_file(path, 'private_key_path')
     secret = passphrase.encode('utf-8') if passphrase is not None else None
     loader = serialization.load_pem_private_key if b'-----BEGIN' in data else serialization.load_der_private_key
     try:
@@ -267,7 +264,7 @@ class KeySource(object):
                                   % (describe_selector(params.get('key_label'), self.key_id), self.token.label))
             public = matching_public_object(self.session, self.key_object)
             return token_private_key(self.token, self.session, self.key_object, public)
-        except (SignerError, TokenError):
+        except PkiError:
             self.session.close()
             raise
 

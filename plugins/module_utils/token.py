@@ -16,6 +16,8 @@ import traceback
 
 from ansible.module_utils.basic import env_fallback, missing_required_lib
 
+from ansible_collections.tokenfleet.pki.plugins.module_utils.common import PkiError
+
 try:
     import pkcs11
     from pkcs11 import Attribute, KeyType, ObjectClass, TokenFlag
@@ -27,7 +29,7 @@ else:
     PKCS11_IMPORT_ERROR = None
 
 
-class TokenError(Exception):
+class TokenError(PkiError):
     """A failure whose message is safe to show: it never contains a PIN or passphrase."""
 
 

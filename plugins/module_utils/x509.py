@@ -11,6 +11,8 @@ import traceback
 
 from ansible.module_utils.basic import missing_required_lib
 
+from ansible_collections.tokenfleet.pki.plugins.module_utils.common import PkiError
+
 try:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -22,7 +24,7 @@ else:
     CRYPTOGRAPHY_IMPORT_ERROR = None
 
 
-class CertificateError(Exception):
+class CertificateError(PkiError):
     """Input that is not a usable certificate; the message is safe to show."""
 
 
@@ -142,7 +144,7 @@ _DNS_LABEL = r'(?!-)[A-Za-z0-9-]{1,63}(?<!-)'
 _DNS_PATTERN = r'^(\*\.)?%s(\.%s)*\.?$' % (_DNS_LABEL, _DNS_LABEL)
 
 
-class RequestError(Exception):
+class RequestError(PkiError):
     """Request options that cannot make a valid request; the message names the option."""
 
 

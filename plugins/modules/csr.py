@@ -164,15 +164,13 @@ backup_file:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.tokenfleet.pki.plugins.module_utils.backends.csr import CsrBackend
-from ansible_collections.tokenfleet.pki.plugins.module_utils.files import FileError
+from ansible_collections.tokenfleet.pki.plugins.module_utils.common import run_backend
 from ansible_collections.tokenfleet.pki.plugins.module_utils.signer import (
     KEY_SOURCE_MUTUALLY_EXCLUSIVE,
-    SignerError,
     key_source_argument_spec,
 )
-from ansible_collections.tokenfleet.pki.plugins.module_utils.token import TokenError, require_pkcs11
+from ansible_collections.tokenfleet.pki.plugins.module_utils.token import require_pkcs11
 from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import (
-    RequestError,
     request_argument_spec,
     require_cryptography,
 )
@@ -193,11 +191,7 @@ def main():
     require_cryptography(module)
     if module.params['key_label'] is not None or module.params['key_id'] is not None:
         require_pkcs11(module)
-    try:
-        result = CsrBackend(module).run()
-    except (TokenError, SignerError, RequestError, FileError) as exc:
-        module.fail_json(msg=str(exc))
-    module.exit_json(**result)
+    run_backend(module, CsrBackend)
 
 
 if __name__ == '__main__':

@@ -206,9 +206,9 @@ actions:
 from ansible.module_utils.basic import AnsibleModule, env_fallback
 
 from ansible_collections.tokenfleet.pki.plugins.module_utils.backends.token_cert import TokenCertBackend
+from ansible_collections.tokenfleet.pki.plugins.module_utils.common import run_backend
 from ansible_collections.tokenfleet.pki.plugins.module_utils.token import (
     TOKEN_MUTUALLY_EXCLUSIVE,
-    TokenError,
     require_pkcs11,
     token_argument_spec,
 )
@@ -236,11 +236,7 @@ def main():
     )
     require_pkcs11(module)
     require_cryptography(module)
-    try:
-        result = TokenCertBackend(module).run()
-    except TokenError as exc:
-        module.fail_json(msg=str(exc))
-    module.exit_json(**result)
+    run_backend(module, TokenCertBackend)
 
 
 if __name__ == '__main__':

@@ -254,13 +254,13 @@ tokens:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.tokenfleet.pki.plugins.module_utils.backends.token_info import TokenInfoBackend
+from ansible_collections.tokenfleet.pki.plugins.module_utils.common import run_backend
 from ansible_collections.tokenfleet.pki.plugins.module_utils.token import (
     TOKEN_MUTUALLY_EXCLUSIVE,
-    TokenError,
     require_pkcs11,
     token_argument_spec,
 )
-from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import CertificateError, require_cryptography
+from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import require_cryptography
 
 
 def main():
@@ -268,11 +268,7 @@ def main():
                            supports_check_mode=True)
     require_pkcs11(module)
     require_cryptography(module)
-    try:
-        result = TokenInfoBackend(module).run()
-    except (TokenError, CertificateError) as exc:
-        module.fail_json(msg=str(exc))
-    module.exit_json(**result)
+    run_backend(module, TokenInfoBackend)
 
 
 if __name__ == '__main__':

@@ -154,9 +154,8 @@ actions:
 from ansible.module_utils.basic import AnsibleModule, env_fallback
 
 from ansible_collections.tokenfleet.pki.plugins.module_utils.backends.token_init import TokenInitBackend
-from ansible_collections.tokenfleet.pki.plugins.module_utils.files import FileError
+from ansible_collections.tokenfleet.pki.plugins.module_utils.common import run_backend
 from ansible_collections.tokenfleet.pki.plugins.module_utils.token import (
-    TokenError,
     pkcs11_module_argument_spec,
     require_pkcs11,
 )
@@ -179,11 +178,7 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec, mutually_exclusive=[('token_serial', 'slot_id')],
                            supports_check_mode=True, add_file_common_args=True)
     require_pkcs11(module)
-    try:
-        result = TokenInitBackend(module).run()
-    except (TokenError, FileError) as exc:
-        module.fail_json(msg=str(exc))
-    module.exit_json(**result)
+    run_backend(module, TokenInitBackend)
 
 
 if __name__ == '__main__':

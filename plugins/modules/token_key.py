@@ -201,9 +201,9 @@ from ansible_collections.tokenfleet.pki.plugins.module_utils.backends.token_key 
     DEFAULT_LABEL_PATTERN,
     TokenKeyBackend,
 )
+from ansible_collections.tokenfleet.pki.plugins.module_utils.common import run_backend
 from ansible_collections.tokenfleet.pki.plugins.module_utils.token import (
     TOKEN_MUTUALLY_EXCLUSIVE,
-    TokenError,
     require_pkcs11,
     token_argument_spec,
 )
@@ -228,11 +228,7 @@ def main():
                            supports_check_mode=True)
     require_pkcs11(module)
     require_cryptography(module)
-    try:
-        result = TokenKeyBackend(module).run()
-    except TokenError as exc:
-        module.fail_json(msg=str(exc))
-    module.exit_json(**result)
+    run_backend(module, TokenKeyBackend)
 
 
 if __name__ == '__main__':

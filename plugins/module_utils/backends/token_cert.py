@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from ansible_collections.tokenfleet.pki.plugins.module_utils.files import read_file
 from ansible_collections.tokenfleet.pki.plugins.module_utils.token import (
     HAS_PKCS11,
     TokenError,
@@ -45,26 +46,6 @@ except ImportError:  # asn1crypto comes with python-pkcs11; its absence is repor
     Pfx = None
 
 _FACT_KEYS = ('label', 'id', 'subject', 'issuer', 'serial_number', 'not_before', 'not_after', 'fingerprint_sha256')
-
-
-def read_file(path, option):
-    """The bytes of a file on the managed host; a clear error names the option otherwise."""
-    try:
-        with open(path, 'rb') as handle:
-            return handle.read()
-    except FileNotFoundError:
-        raise TokenError('%s %s does not exist' % (option, path))
-    except IsADirectoryError:
-        raise TokenError('%s %s is a directory, not a file' % (option, path))
-    except OSError as exc:
-        raise TokenError('%s %s cannot be read: %s' % (option, path, exc.strerror or exc))
-
-
-def parse_certificate(data, source):
-    try:
-        return load_certificate(data, source)
-    except CertificateError as exc:
-        raise TokenError(str(exc))
 
 
 def _is_pkcs12_structure(data):
@@ -137,9 +118,9 @@ class TokenCertBackend(object):
             self.private_key, self.certificate = load_pkcs12(self.pkcs12_path, params['pkcs12_passphrase'])
         elif params['certificate_path'] is not None:
             path = params['certificate_path']
-            self.certificate = parse_certificate(read_file(path, 'certificate_path'), 'certificate_path %s' % path)
+            self.certificate = load_certificate(read_file(path, 'certificate_path'), 'certificate_path %s' % path)
         elif params['certificate_content'] is not None:
-            self.certificate = parse_certificate(params['certificate_content'].encode('utf-8'), 'certificate_content')
+            self.certificate = load_certificate(params['certificate_content'].encode('utf-8'), 'certificate_content')
         if self.state == 'present' and self.certificate is None:
             raise TokenError('state=present needs one of certificate_path, certificate_content or pkcs12_path')
         if self.state == 'absent' and self.certificate is None and self.label is None and self.object_id is None:
