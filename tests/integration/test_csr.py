@@ -218,3 +218,23 @@ def test_digest_is_refused_for_ed25519_and_wrong_passphrase_for_file(token, run_
         'private_key_path %s is encrypted: give private_key_passphrase' % key_file['path'])
     assert not any((tmp_path / name).exists() for name in ('a.csr', 'b.csr', 'c.csr'))
     run.assert_not_leaked(wrong, key_file['passphrase'], token['user'])
+
+
+@pytest.mark.parametrize('rsa_padding', ['pkcs1v15', 'pss'])
+def test_rsa_token_without_hash_and_sign_mechanisms_signs_a_host_made_digest(softhsm, run_playbook, tmp_path, rsa_padding):
+    """Tokens that only offer raw RSA_PKCS / RSA_PKCS_PSS still sign: the digest (and DigestInfo) is made on the host."""
+    softhsm.extra_conf(['slots.mechanisms = -CKM_SHA256_RSA_PKCS,CKM_SHA256_RSA_PKCS_PSS'])
+    user = random_pin()
+    softhsm.init_token('ws-001', random_pin(), user)
+    mechanisms = softhsm.pkcs11_tool('--token-label', 'ws-001', '--list-mechanisms').stdout
+    assert 'SHA256-RSA-PKCS' not in mechanisms and 'RSA-PKCS-PSS' in mechanisms
+    token = dict(hsm=softhsm, label='ws-001', user=user)
+    path = tmp_path / 'raw.csr'
+    run = run_playbook([module_task('token_key', 'key', dict(token_args(token), label='k')),
+                        module_task('csr', 'csr', dict(token_args(token), key_label='k', path=str(path),
+                                                       common_name='raw.example.com', rsa_padding=rsa_padding))])
+    assert run.result('csr')['changed'], run.output()
+    assert openssl_verify(path)
+    csr = read_request(path)
+    assert csr.signature_hash_algorithm.name == 'sha256'
+    assert isinstance(csr.signature_algorithm_parameters, padding.PSS) == (rsa_padding == 'pss')
