@@ -149,7 +149,20 @@ class TokenRSAPrivateKey(_TokenKey, _RSAPrivateKey):
         return self._public_key.key_size
 
     def decrypt(self, ciphertext, padding_):
-        raise SignerError('decrypting with a token key is not supported')
+        """Decrypt on the token, as a SCEP reply's key transport needs."""
+        if isinstance(padding_, padding.PKCS1v15):
+            mechanism, params = Mechanism.RSA_PKCS, None
+        elif isinstance(padding_, padding.OAEP):
+            suffix = _hash_mechanism_suffix(getattr(padding_, 'algorithm', None) or padding_._algorithm)
+            params = (getattr(Mechanism, suffix.replace('SHA1', 'SHA_1')), getattr(MGF, suffix), None)
+            mechanism = Mechanism.RSA_PKCS_OAEP
+        else:
+            raise SignerError('a token RSA key decrypts with PKCS#1 v1.5 or OAEP padding only')
+        try:
+            return self._key.decrypt(ciphertext, mechanism=mechanism, mechanism_param=params)
+        except pkcs11.PKCS11Error as exc:
+            raise SignerError('the token could not decrypt with key %r (%s): %s'
+                              % (self._key.label, mechanism.name, describe_error(exc)))
 
 
 def _digest_info(algorithm, digest):
