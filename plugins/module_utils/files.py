@@ -42,7 +42,7 @@ class StagedFile(object):
     so that the secret is never only on the token.
     """
 
-    def __init__(self, module, path, content, default_mode=0o600):
+    def __init__(self, module, path, content, default_mode=0o600, file_args=None):
         self.module = module
         self.path = os.path.abspath(path)
         check_parent_directory(self.path, 'the file')
@@ -54,15 +54,19 @@ class StagedFile(object):
             os.fsync(fd)
         finally:
             os.close(fd)
-        self.file_args = module.load_file_common_arguments(module.params, path=self.path)
+        if file_args is None:  # the module's own mode/owner/group options apply
+            file_args = module.load_file_common_arguments(module.params, path=self.path)
+        self.file_args = dict(file_args, path=self.path)
         if self.file_args.get('mode') is None:
             self.file_args['mode'] = default_mode
 
     def commit(self):
-        if os.path.exists(self.path):
-            # Tighten the old file first: atomic_move keeps the destination's attributes.
-            self.module.set_fs_attributes_if_different(self.file_args, False)
-        self.module.atomic_move(self.tmp_path, self.path)
+        """Rename the 0600 staged file over the destination, then apply the wanted mode and owner.
+
+        A plain rename within one directory is atomic and keeps the staged file's 0600, so a key is
+        never readable by others, not even for a moment (atomic_move would give a new file 0644 first).
+        """
+        os.replace(self.tmp_path, self.path)
         self.module.set_fs_attributes_if_different(self.file_args, False)
 
     def discard(self):
@@ -70,5 +74,10 @@ class StagedFile(object):
             os.unlink(self.tmp_path)
 
 
-def write_file(module, path, content, default_mode=0o600):
-    StagedFile(module, path, content, default_mode).commit()
+def write_file(module, path, content, default_mode=0o600, file_args=None):
+    StagedFile(module, path, content, default_mode, file_args).commit()
+
+
+def private_file_args(module, path):
+    """File arguments for files only the module's user may read (keys, state), whatever the task's mode says."""
+    return module.load_file_common_arguments(dict(mode=0o600), path=path)

@@ -246,8 +246,9 @@ class KeySource(object):
     For a token key it keeps the one session (logged in as the user) open until it exits.
     """
 
-    def __init__(self, module, require=True):
+    def __init__(self, module, require=True, rw=False):
         self.module = module
+        self.rw = rw
         params = module.params
         self.on_token = params.get('key_label') is not None or params.get('key_id') is not None
         self.in_file = params.get('private_key_path') is not None
@@ -268,7 +269,7 @@ class KeySource(object):
         params = self.module.params
         if self.in_file:
             return load_private_key_file(params['private_key_path'], params.get('private_key_passphrase'))
-        dummy, self.token, self.session = open_token(self.module, require_login=True)
+        dummy, self.token, self.session = open_token(self.module, rw=self.rw, require_login=True)
         try:
             self.key_object = self.session.find_one(ObjectClass.PRIVATE_KEY, label=params.get('key_label'),
                                                     object_id=self.key_id)

@@ -245,4 +245,3 @@ class ScepClient(object):
             raise ScepError('the certificate in the SCEP reply is not issued by the pinned CA')
         chain = [cert for cert in known if cert is not certificate and _is_ca(cert)]
         return certificate, chain
-

@@ -1,0 +1,282 @@
+#!/usr/bin/python
+# Copyright (c) tokenfleet.pki contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: scep_enroll
+short_description: Get and renew a certificate from a SCEP server for a key on a token or in a file
+version_added: 0.1.0
+description:
+  - Enrolls a key with a SCEP (RFC 8894) server such as Windows NDES, EJBCA, OpenXPKI or micromdm, stores the
+    certificate, and renews it when it is inside the renewal window, as a printer's SCEP settings page does.
+  - A valid certificate outside the renewal window means no request to the server at all.
+  - Replies are accepted only when signed by the pinned CA (O(ca_fingerprint) or O(ca_certificate_path)) or an RA
+    certificate it issued, and only with this request's transaction id, nonce and message digest.
+  - A request the CA keeps PENDING is remembered in O(state_path); the next run polls that transaction instead of
+    starting a new one.
+  - Nothing on the host changes unless the server answered SUCCESS or PENDING; a new key or certificate is written
+    atomically and the old one stays until the new one is stored and verified.
+author:
+  - tokenfleet.pki contributors (@tokenfleet)
+extends_documentation_fragment:
+  - tokenfleet.pki.key_source
+  - tokenfleet.pki.token.module
+  - tokenfleet.pki.token
+  - tokenfleet.pki.request
+  - tokenfleet.pki.token.attributes
+  - ansible.builtin.files
+attributes:
+  check_mode:
+    support: full
+    details: Check mode never contacts the server; it reports what would happen from the certificate, key and state file.
+  diff_mode:
+    support: none
+options:
+  url:
+    description:
+      - URL of the SCEP service, with the port if not the default, for example V(http://ndes.example.com/certsrv/mscep/mscep.dll)
+        or V(http://ca.example.com:8080/scep).
+    type: str
+    required: true
+  timeout:
+    description: Seconds to wait for each answer of the server.
+    type: int
+    default: 30
+  validate_certs:
+    description: Verify the server's TLS certificate for an V(https://) O(url).
+    type: bool
+    default: true
+  ca_path:
+    description: A PEM bundle of CAs to verify an V(https://) O(url) with.
+    type: path
+  ca_identifier:
+    description: The CA identifier some servers need in GetCACert/GetCACaps (EJBCA's CA name, for example).
+    type: str
+  ca_fingerprint:
+    description:
+      - Fingerprint of the CA certificate to trust, SHA-256 in hexadecimal (colons and case do not matter), as
+        M(tokenfleet.pki.scep_ca_info) returns it. SHA-1 and MD5 fingerprints (old NDES admin pages) are accepted too.
+      - One of O(ca_fingerprint) and O(ca_certificate_path) is required.
+    type: str
+  ca_certificate_path:
+    description: A PEM or DER file with the CA certificate(s) to trust instead of O(ca_fingerprint).
+    type: path
+  certificate_path:
+    description: Where the certificate is written (PEM). The common file options apply to it; default mode V(0644).
+    type: path
+    required: true
+  chain_path:
+    description: Where the CA certificates from the reply are written (PEM).
+    type: path
+  store_on_token:
+    description: Also write the certificate onto the token next to its key (same id and label), replacing the old one.
+    type: bool
+    default: false
+  key_type:
+    description:
+      - Type of a key generated at O(private_key_path) when that file is missing. SCEP encrypts the server's reply to
+        the requesting key, which needs RSA.
+    type: str
+    choices: [rsa]
+    default: rsa
+  key_size:
+    description: Size of a generated RSA key (the printer's "key length").
+    type: int
+    choices: [2048, 3072, 4096]
+    default: 2048
+  csr_path:
+    description: Send this existing request (PEM or DER) instead of making one from the request options.
+    type: path
+  signature_algorithm:
+    description: Digest of the SCEP messages. V(auto) takes SHA-256 when the server offers it, else SHA-1.
+    type: str
+    choices: [auto, sha1, sha256, sha512, md5]
+    default: auto
+  encryption_algorithm:
+    description: Cipher of the request's envelope. V(auto) takes AES-128 when the server offers it, else 3DES.
+    type: str
+    choices: [auto, aes128, aes192, aes256, 3des, des]
+    default: auto
+  allow_legacy_algorithms:
+    description: Allow V(md5) and single V(des), which are broken and only needed by very old servers.
+    type: bool
+    default: false
+  renew_before:
+    description: Renew when the certificate has this many days left or fewer.
+    type: int
+    default: 30
+  renewal_message:
+    description:
+      - How a renewal is sent. V(pkcsreq) is a PKCSReq signed with the current certificate, which most servers accept;
+        V(renewalreq) is RFC 8894's RenewalReq.
+    type: str
+    choices: [pkcsreq, renewalreq]
+    default: pkcsreq
+  rekey:
+    description:
+      - Renew with a new key. It is made beside the current one (V(<private_key_path>.new), or label V(<key_label>.new)
+        on the token) and takes the current key's place only after the new certificate is stored.
+    type: bool
+    default: false
+  remove_old:
+    description:
+      - After a rekey, delete the old key and certificate (the printer's "delete the old key and certificate"). Otherwise
+        they are kept as V(<private_key_path>.old) and V(<certificate_path>.old), or with label V(<key_label>.old).
+    type: bool
+    default: false
+  force:
+    description: Request a certificate even if the current one is valid and outside the renewal window.
+    type: bool
+    default: false
+  poll_attempts:
+    description: On PENDING, ask again this many times before returning V(pending). V(0) returns at once.
+    type: int
+    default: 0
+  poll_interval:
+    description: Seconds between those attempts.
+    type: int
+    default: 30
+  splay:
+    description:
+      - Wait a random 0 to O(splay) seconds before contacting the server, only when a request will be sent, so that a
+        fleet does not reach the CA at once (the printer's random delay).
+    type: int
+    default: 0
+  state_path:
+    description: The state file (mode V(0600)) with a pending transaction and the history. Defaults to V(<certificate_path>.scep.json).
+    type: path
+  history_size:
+    description: How many issued certificates the history keeps.
+    type: int
+    default: 20
+notes:
+  - O(challenge_password) may also come from the E(SCEP_CHALLENGE_PASSWORD) environment variable. Secrets are never
+    logged or returned.
+seealso:
+  - module: tokenfleet.pki.scep_ca_info
+  - module: tokenfleet.pki.csr
+  - module: tokenfleet.pki.token_key
+"""
+
+EXAMPLES = r"""
+---
+- name: Printer certificate from NDES, renewed 30 days before expiry (runs on the controller for the printer)
+  tokenfleet.pki.scep_enroll:
+    url: http://ndes.example.com/certsrv/mscep/mscep.dll
+    ca_fingerprint: "{{ ndes_ca_sha256 }}"
+    challenge_password: "{{ ndes_challenge }}"
+    private_key_path: "/srv/printers/{{ inventory_hostname }}/key.pem"
+    certificate_path: "/srv/printers/{{ inventory_hostname }}/cert.pem"
+    common_name: "{{ ansible_host }}"
+    organization_name: Example AS
+    extended_key_usage: [serverAuth]
+    splay: 600
+  delegate_to: localhost
+
+- name: Workstation VPN certificate for a key on its token, stored on the token too
+  tokenfleet.pki.scep_enroll:
+    url: http://ca.example.com:8080/scep
+    ca_fingerprint: "{{ ca_sha256 }}"
+    pkcs11_module: /usr/lib/x86_64-linux-gnu/opensc-pkcs11.so
+    token_label: "{{ inventory_hostname }}"
+    key_label: vpn
+    certificate_path: /etc/vpn/client.pem
+    store_on_token: true
+    common_name: "{{ inventory_hostname }}"
+    rekey: true
+    remove_old: true
+"""
+
+RETURN = r"""
+status:
+  description: V(issued) (first certificate), V(renewed), V(pending) (waiting for the CA) or V(unchanged).
+  returned: always
+  type: str
+  sample: renewed
+reason:
+  description: Why the module acted or did not.
+  returned: always
+  type: str
+  sample: 12.5 days left, renew_before is 30
+certificate:
+  description: Facts of the current certificate, V(null) when there is none.
+  returned: always
+  type: dict
+  sample: {subject: CN=mfp01.example.com, serial_number: 4f2a, not_after: "2027-11-21T10:00:00Z", days_left: 365}
+transaction_id:
+  description: SCEP transaction id of the request sent or polled.
+  returned: when a request was sent
+  type: str
+  sample: 9A0C2E...
+ca_caps:
+  description: The server's GetCACaps answer.
+  returned: when the server was contacted
+  type: list
+  elements: str
+  sample: [AES, POSTPKIOperation, SHA-256, SCEPStandard]
+history:
+  description: The last O(history_size) certificates issued to this host (serial, subject, validity, fingerprint, time).
+  returned: always
+  type: list
+  elements: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule, env_fallback
+
+from ansible_collections.tokenfleet.pki.plugins.module_utils.backends.scep_enroll import ScepEnrollBackend
+from ansible_collections.tokenfleet.pki.plugins.module_utils.common import run_backend
+from ansible_collections.tokenfleet.pki.plugins.module_utils.signer import (
+    KEY_SOURCE_MUTUALLY_EXCLUSIVE,
+    key_source_argument_spec,
+)
+from ansible_collections.tokenfleet.pki.plugins.module_utils.token import require_pkcs11
+from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import request_argument_spec, require_cryptography
+
+
+def main():
+    argument_spec = key_source_argument_spec()
+    argument_spec.update(request_argument_spec())
+    argument_spec['challenge_password']['fallback'] = (env_fallback, ['SCEP_CHALLENGE_PASSWORD'])
+    argument_spec.update(
+        url=dict(type='str', required=True),
+        timeout=dict(type='int', default=30),
+        validate_certs=dict(type='bool', default=True),
+        ca_path=dict(type='path'),
+        ca_identifier=dict(type='str'),
+        ca_fingerprint=dict(type='str'),
+        ca_certificate_path=dict(type='path'),
+        certificate_path=dict(type='path', required=True),
+        chain_path=dict(type='path'),
+        store_on_token=dict(type='bool', default=False),
+        key_type=dict(type='str', choices=['rsa'], default='rsa'),
+        key_size=dict(type='int', choices=[2048, 3072, 4096], default=2048),
+        csr_path=dict(type='path'),
+        signature_algorithm=dict(type='str', choices=['auto', 'sha1', 'sha256', 'sha512', 'md5'], default='auto'),
+        encryption_algorithm=dict(type='str', choices=['auto', 'aes128', 'aes192', 'aes256', '3des', 'des'],
+                                  default='auto'),
+        allow_legacy_algorithms=dict(type='bool', default=False),
+        renew_before=dict(type='int', default=30),
+        renewal_message=dict(type='str', choices=['pkcsreq', 'renewalreq'], default='pkcsreq'),
+        rekey=dict(type='bool', default=False),
+        remove_old=dict(type='bool', default=False),
+        force=dict(type='bool', default=False),
+        poll_attempts=dict(type='int', default=0),
+        poll_interval=dict(type='int', default=30),
+        splay=dict(type='int', default=0),
+        state_path=dict(type='path'),
+        history_size=dict(type='int', default=20),
+    )
+    module = AnsibleModule(argument_spec=argument_spec,
+                           mutually_exclusive=KEY_SOURCE_MUTUALLY_EXCLUSIVE + [('ca_fingerprint', 'ca_certificate_path')],
+                           supports_check_mode=True, add_file_common_args=True)
+    require_cryptography(module)
+    if module.params['key_label'] is not None or module.params['key_id'] is not None:
+        require_pkcs11(module)
+    run_backend(module, ScepEnrollBackend)
+
+
+if __name__ == '__main__':
+    main()
