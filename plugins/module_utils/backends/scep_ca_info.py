@@ -1,0 +1,62 @@
+# Copyright (c) tokenfleet.pki contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Backend of tokenfleet.pki.scep_ca_info. Private to the collection."""
+
+from __future__ import annotations
+
+import os
+
+from ansible_collections.tokenfleet.pki.plugins.module_utils.files import check_parent_directory, write_file
+from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.client import (
+    CaCertificates,
+    choose_algorithms,
+    fingerprint,
+    normalise_fingerprint,
+    parse_ca_certificates,
+)
+from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.transport import ScepTransport
+from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import certificate_pem
+
+
+class ScepCaInfoBackend(object):
+    def __init__(self, module):
+        self.module = module
+        params = module.params
+        self.transport = ScepTransport(params['url'], params['timeout'], params['validate_certs'], params['ca_path'])
+        self.fingerprint = normalise_fingerprint(params['ca_fingerprint']) if params['ca_fingerprint'] else None
+        if params['chain_path']:
+            check_parent_directory(params['chain_path'], 'chain_path')
+
+    def run(self):
+        params = self.module.params
+        caps = self.transport.get_ca_caps(params['ca_identifier'])
+        content_type, data = self.transport.get_ca_cert(params['ca_identifier'])
+        certificates = parse_ca_certificates(content_type, data)
+        # Without a pin every self-signed or CA certificate is shown as a CA: this is how a user learns the pin.
+        if self.fingerprint is not None:
+            name, value = self.fingerprint
+            pinned = [cert for cert in certificates if fingerprint(cert, name) == value]
+        else:
+            pinned = [cert for cert in certificates if cert.issuer == cert.subject] or certificates[:1]
+        ca_certificates = CaCertificates(certificates, pinned)
+        digest, cipher, use_post = choose_algorithms(caps)
+        result = dict(changed=False, caps=caps, content_type=content_type, certificates=ca_certificates.describe(),
+                      pinned=self.fingerprint is not None,
+                      algorithms=dict(signature=digest, encryption=cipher, method='POST' if use_post else 'GET'))
+        if params['chain_path']:
+            content = ''.join(certificate_pem(cert) for cert in ca_certificates.ca).encode('ascii')
+            current = None
+            if os.path.exists(params['chain_path']):
+                with open(params['chain_path'], 'rb') as handle:
+                    current = handle.read()
+            if current != content:
+                result['changed'] = True
+                if not self.module.check_mode:
+                    write_file(self.module, params['chain_path'], content, 0o644)
+            file_args = self.module.load_file_common_arguments(self.module.params, path=params['chain_path'])
+            if file_args.get('mode') is None:
+                file_args['mode'] = 0o644
+            if not self.module.check_file_absent_if_check_mode(params['chain_path']):
+                result['changed'] = self.module.set_fs_attributes_if_different(file_args, result['changed'])
+        return result

@@ -1,0 +1,154 @@
+#!/usr/bin/python
+# Copyright (c) tokenfleet.pki contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: scep_ca_info
+short_description: Show a SCEP server's capabilities, CA and RA certificates
+version_added: 0.1.0
+description:
+  - Asks a SCEP (RFC 8894) server for its capabilities (GetCACaps) and certificates (GetCACert, a single CA certificate
+    or a PKCS#7 with RA certificates) and returns them with subject, expiry and SHA-256 fingerprint, and which RA
+    certificate is for encryption and which for signing.
+  - This is how to learn the fingerprint to pin in M(tokenfleet.pki.scep_enroll). Compare it with what the CA's
+    administrators publish before you trust it.
+  - Can write the CA certificates to a file.
+author:
+  - tokenfleet.pki contributors (@tokenfleet)
+extends_documentation_fragment:
+  - tokenfleet.pki.token.attributes
+  - ansible.builtin.files
+attributes:
+  check_mode:
+    support: full
+    details: The server is asked in check mode too; only writing O(chain_path) is skipped.
+  diff_mode:
+    support: none
+options:
+  url:
+    description: URL of the SCEP service, for example V(http://ca.example.com:8080/scep).
+    type: str
+    required: true
+  timeout:
+    description: Seconds to wait for each answer.
+    type: int
+    default: 30
+  validate_certs:
+    description: Verify the server's TLS certificate for an V(https://) O(url).
+    type: bool
+    default: true
+  ca_path:
+    description: A PEM bundle of CAs to verify an V(https://) O(url) with.
+    type: path
+  ca_identifier:
+    description: The CA identifier some servers need (EJBCA's CA name, for example).
+    type: str
+  ca_fingerprint:
+    description:
+      - When given, only the certificate with this fingerprint counts as the CA and only certificates it issued as RA
+        certificates; a server whose CA does not match fails.
+    type: str
+  chain_path:
+    description: Write the CA certificate(s) here (PEM).
+    type: path
+seealso:
+  - module: tokenfleet.pki.scep_enroll
+"""
+
+EXAMPLES = r"""
+---
+- name: What does the CA offer, and what is its fingerprint?
+  tokenfleet.pki.scep_ca_info:
+    url: http://ca.example.com:8080/scep
+  register: ca
+
+- name: Show the fingerprint to pin
+  ansible.builtin.debug:
+    msg: "{{ ca.certificates | selectattr('role', 'equalto', 'ca') | map(attribute='fingerprint_sha256') | list }}"
+
+- name: Save the pinned CA for the devices
+  tokenfleet.pki.scep_ca_info:
+    url: http://ndes.example.com/certsrv/mscep/mscep.dll
+    ca_fingerprint: "{{ ndes_ca_sha256 }}"
+    chain_path: /srv/pki/ndes-ca.pem
+"""
+
+RETURN = r"""
+caps:
+  description: The capabilities the server announced (GetCACaps), as sent.
+  returned: always
+  type: list
+  elements: str
+  sample: [Renewal, SHA-1, SHA-256, AES, DES3, SCEPStandard, POSTPKIOperation]
+content_type:
+  description: Content type of the GetCACert answer.
+  returned: always
+  type: str
+  sample: application/x-x509-ca-cert
+pinned:
+  description: Whether O(ca_fingerprint) selected the CA.
+  returned: always
+  type: bool
+algorithms:
+  description: What scep_enroll would use with this server by default (signature digest, encryption, HTTP method).
+  returned: always
+  type: dict
+  sample: {signature: sha256, encryption: aes128, method: POST}
+certificates:
+  description: The CA and RA certificates.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    role:
+      description: V(ca), or V(ra-encryption), V(ra-signing), V(ra-encryption+signing), V(ra) for RA certificates.
+      type: str
+    subject:
+      description: Subject (RFC 4514).
+      type: str
+    issuer:
+      description: Issuer (RFC 4514).
+      type: str
+    not_after:
+      description: End of validity (UTC).
+      type: str
+    fingerprint_sha256:
+      description: SHA-256 fingerprint, colon-separated hex; the value to pin.
+      type: str
+    key_usage:
+      description: Key usage flags, V(null) when the certificate has none.
+      type: list
+      elements: str
+    pem:
+      description: The certificate in PEM.
+      type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.tokenfleet.pki.plugins.module_utils.backends.scep_ca_info import ScepCaInfoBackend
+from ansible_collections.tokenfleet.pki.plugins.module_utils.common import run_backend
+from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import require_cryptography
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            url=dict(type='str', required=True),
+            timeout=dict(type='int', default=30),
+            validate_certs=dict(type='bool', default=True),
+            ca_path=dict(type='path'),
+            ca_identifier=dict(type='str'),
+            ca_fingerprint=dict(type='str'),
+            chain_path=dict(type='path'),
+        ),
+        supports_check_mode=True, add_file_common_args=True)
+    require_cryptography(module)
+    run_backend(module, ScepCaInfoBackend)
+
+
+if __name__ == '__main__':
+    main()
