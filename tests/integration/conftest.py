@@ -12,6 +12,8 @@ import pytest
 
 from harness import SOFTHSM_MODULE, PlaybookRunner, SoftHSM, make_test_ca, random_pin
 
+pytest_plugins = ['micromdm']
+
 
 def _missing_tools() -> list[str]:
     missing = [tool for tool in ('softhsm2-util', 'pkcs11-tool') if shutil.which(tool) is None]
