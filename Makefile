@@ -6,6 +6,7 @@
 #   make integration   pytest tests/integration (SoftHSM2, OpenSC, scep, certmonger)
 #   make test          deps + sanity + units + integration, with a summary
 #   make demo          deps, then playbooks/demo.yml against playbooks/inventory/demo.yml
+#   make bench         SCEP enrollment speed: scep_enroll against micromdm's scepclient (BENCH_ENROLLMENTS=20)
 #   make clean         remove .venv, .tmp and test output
 #
 # Variables: WORKSTATIONS (simulated workstations in the demo, default 20), PYTHON (interpreter for .venv, default python3), SANITY_ARGS (extra
@@ -25,10 +26,11 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 SANITY_ARGS ?=
 PYTEST_ARGS ?=
 WORKSTATIONS ?= 20
+BENCH_ENROLLMENTS ?= 20
 
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS_ROOT)
 
-.PHONY: help deps debian-packages sanity units integration test demo clean
+.PHONY: help deps debian-packages sanity units integration test demo bench clean
 
 help:
 	@sed -n 's/^#   make /  make /p' $(firstword $(MAKEFILE_LIST))
@@ -105,6 +107,9 @@ test: deps
 
 demo: deps
 	$(VENV)/bin/ansible-playbook -i playbooks/inventory/demo.yml playbooks/demo.yml -e demo_workstations=$(WORKSTATIONS)
+
+bench: deps
+	$(VENV)/bin/python bench/scep_bench.py --enrollments $(BENCH_ENROLLMENTS)
 
 clean:
 	rm -rf $(VENV) .tmp tests/output .pytest_cache
