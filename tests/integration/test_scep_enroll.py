@@ -174,3 +174,18 @@ def test_scep_ca_info_shows_the_fingerprint_to_pin(ca, run_playbook, tmp_path):
     assert info['algorithms'] == dict(signature='sha256', encryption='aes128', method='POST')
     assert (tmp_path / 'ca.pem').read_bytes().strip() == server.ca_pem.strip()
     assert server.pkioperation_count() == 0
+
+
+def test_ec_token_key_is_refused_before_contacting_the_server(ca, token, run_playbook, tmp_path):
+    """SCEP encrypts the reply to the requesting key with RSA; micromdm 2.1.0 also cannot sign EC requests."""
+    args = dict(enroll_args(ca, tmp_path), **token_args(token))
+    del args['private_key_path']
+    args['key_label'] = 'ec'
+    run = run_playbook([module_task('token_key', 'key', dict(token_args(token), label='ec', type='ec')),
+                        module_task('scep_enroll', 'enroll', args)])
+    record = run.result('enroll')
+    assert record['status'] == 'failed'
+    assert record['result']['msg'] == ('the key is not an RSA key: SCEP (RFC 8894) encrypts the server\'s reply to the '
+                                       'requesting key with RSA, so EC and Ed25519 keys cannot enroll')
+    assert not (tmp_path / 'cert.pem').exists()
+    assert ca['server'].pkioperation_count() == 0

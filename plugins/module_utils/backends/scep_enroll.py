@@ -138,6 +138,8 @@ class ScepEnrollBackend(object):
         if self.spec is not None and certificate.subject != self.spec.subject:
             return 'renew', 'the subject differs from the certificate\'s'
         days_left = _days_left(certificate)
+        if days_left <= 0:
+            return 'enroll', 'the certificate has expired, so it cannot authenticate a renewal'
         if days_left <= params['renew_before']:
             return 'renew', '%.1f days left, renew_before is %d' % (days_left, params['renew_before'])
         return 'unchanged', '%.1f days left' % days_left
@@ -154,6 +156,9 @@ class ScepEnrollBackend(object):
 
     def _run_with_key(self, certificate, key, generated):
         params = self.module.params
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ScepError('the key is not an RSA key: SCEP (RFC 8894) encrypts the server\'s reply to the requesting '
+                            'key with RSA, so EC and Ed25519 keys cannot enroll')
         action, reason = self._decide(certificate, key.public_key())
         result = dict(status='unchanged', reason=reason, action=action, transaction_id=None, ca_caps=None,
                       certificate=certificate_facts(certificate) if certificate is not None else None,
@@ -325,13 +330,15 @@ class ScepEnrollBackend(object):
     def _swap_keys(self, new_key, old_certificate_pem):
         params = self.module.params
         if self.key_path is not None:
+            new_path = self.key_path + '.new'
+            if not os.path.exists(new_path):
+                self._write_key(new_path, new_key)
             if not params['remove_old']:
-                os.replace(self.key_path, self.key_path + '.old')
+                write_file(self.module, self.key_path + '.old', read_file(self.key_path, 'private_key_path'), 0o600,
+                           private_file_args(self.module, self.key_path + '.old'))
                 if old_certificate_pem is not None:
                     write_file(self.module, self.certificate_path + '.old', old_certificate_pem, 0o644)
-            self._write_key(self.key_path, new_key)
-            if os.path.exists(self.key_path + '.new'):
-                os.unlink(self.key_path + '.new')
+            os.replace(new_path, self.key_path)  # atomic: the key file is never missing
             return
         session = self.key_source.session
         old = self.key_source.key_object
