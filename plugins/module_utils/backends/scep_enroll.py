@@ -15,6 +15,7 @@ import os
 import random
 import time
 
+from ansible_collections.tokenfleet.pki.plugins.module_utils.common import PkiError
 from ansible_collections.tokenfleet.pki.plugins.module_utils.files import (
     check_parent_directory,
     private_file_args,
@@ -199,6 +200,14 @@ class ScepEnrollBackend(object):
         params = self.module.params
         rekey = action == 'renew' and params['rekey']
         new_key = self._new_key(key) if rekey else None
+        try:
+            return self._send_request(client, action, certificate, key, generated, rekey, new_key)
+        except PkiError:
+            self._discard_new_key(new_key)
+            raise
+
+    def _send_request(self, client, action, certificate, key, generated, rekey, new_key):
+        params = self.module.params
         request_key = new_key if rekey else key
         csr = self._request_for(request_key)
         if action == 'renew':
@@ -247,6 +256,12 @@ class ScepEnrollBackend(object):
             request_key = new_key
         rep = self._poll_once(client, key, signer_cert, pending['transaction_id'], csr, pending['message_type'])
         rep = self._wait(client, rep, key, signer_cert, pending['transaction_id'], csr)
+        if rep.status == STATUS_FAILURE:
+            # The CA rejected the pending request: forget it, so that the next run starts a new one.
+            self._discard_new_key(new_key)
+            self.state.pending = None
+            self.state.save(self.module)
+            raise ScepError(rep.failure_message() + '; the pending request was forgotten, the next run sends a new one')
         return self._finish(client, rep, key, request_key, key, False, new_key, pending, pending['transaction_id'],
                             action=pending.get('action', 'enroll'))
 
@@ -287,6 +302,18 @@ class ScepEnrollBackend(object):
             destroy([old])
         public, private = generate_key_pair(session, 'rsa', key.key_size, None, label, None, ['sign', 'decrypt'], False)
         return token_private_key(self.key_source.token, session, private, public)
+
+    def _discard_new_key(self, new_key):
+        """Remove a rekey's new key after a failure: from the token, or the file kept for a pending request."""
+        if new_key is None:
+            return
+        if self.key_path is not None:
+            if os.path.exists(self.key_path + '.new'):
+                os.unlink(self.key_path + '.new')
+            return
+        session = self.key_source.session
+        label = self.key_source.key_object.label + '.new'
+        destroy(session.find(ObjectClass.PRIVATE_KEY, label=label) + session.find(ObjectClass.PUBLIC_KEY, label=label))
 
     def _pending_new_key(self):
         if self.key_path is not None:
