@@ -33,7 +33,8 @@ if HAS_PKCS11:
 
 if HAS_CRYPTOGRAPHY:
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, utils
+    from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 
     _RSAPrivateKey = rsa.RSAPrivateKey
     _ECPrivateKey = ec.EllipticCurvePrivateKey
@@ -116,19 +117,19 @@ class _TokenKey(object):
 class TokenRSAPrivateKey(_TokenKey, _RSAPrivateKey):
     """An RSA key on a token: PKCS#1 v1.5 and PSS signatures by the token."""
 
-    def sign(self, data, padding_, algorithm):
+    def sign(self, data, padding, algorithm):
         prehashed = isinstance(algorithm, utils.Prehashed)
         hash_algorithm = algorithm._algorithm if prehashed else algorithm
         suffix = _hash_mechanism_suffix(hash_algorithm)
-        if isinstance(padding_, padding.PSS):
+        if isinstance(padding, asym_padding.PSS):
             params = (getattr(Mechanism, suffix.replace('SHA1', 'SHA_1')), getattr(MGF, suffix),
-                      self._pss_salt_length(padding_, hash_algorithm))
+                      self._pss_salt_length(padding, hash_algorithm))
             combined = getattr(Mechanism, '%s_RSA_PKCS_PSS' % suffix)
             if not prehashed and combined in self._mechanisms:
                 return _token_sign(self._key, data, combined, params)
             digest = data if prehashed else _digest(data, hash_algorithm)
             return _token_sign(self._key, digest, Mechanism.RSA_PKCS_PSS, params)
-        if not isinstance(padding_, padding.PKCS1v15):
+        if not isinstance(padding, asym_padding.PKCS1v15):
             raise SignerError('a token RSA key signs with PKCS#1 v1.5 or PSS padding only')
         combined = getattr(Mechanism, '%s_RSA_PKCS' % suffix)
         if not prehashed and combined in self._mechanisms:
@@ -136,11 +137,11 @@ class TokenRSAPrivateKey(_TokenKey, _RSAPrivateKey):
         digest = data if prehashed else _digest(data, hash_algorithm)
         return _token_sign(self._key, _digest_info(hash_algorithm, digest), Mechanism.RSA_PKCS)
 
-    def _pss_salt_length(self, padding_, algorithm):
-        salt = padding_._salt_length
+    def _pss_salt_length(self, padding, algorithm):
+        salt = padding._salt_length
         if isinstance(salt, int):
             return salt
-        if salt is padding.PSS.MAX_LENGTH:
+        if salt is asym_padding.PSS.MAX_LENGTH:
             return (self.key_size + 7) // 8 - algorithm.digest_size - 2
         return algorithm.digest_size  # DIGEST_LENGTH and AUTO
 
@@ -148,12 +149,12 @@ class TokenRSAPrivateKey(_TokenKey, _RSAPrivateKey):
     def key_size(self):
         return self._public_key.key_size
 
-    def decrypt(self, ciphertext, padding_):
+    def decrypt(self, ciphertext, padding):
         """Decrypt on the token, as a SCEP reply's key transport needs."""
-        if isinstance(padding_, padding.PKCS1v15):
+        if isinstance(padding, asym_padding.PKCS1v15):
             mechanism, params = Mechanism.RSA_PKCS, None
-        elif isinstance(padding_, padding.OAEP):
-            suffix = _hash_mechanism_suffix(getattr(padding_, 'algorithm', None) or padding_._algorithm)
+        elif isinstance(padding, asym_padding.OAEP):
+            suffix = _hash_mechanism_suffix(getattr(padding, 'algorithm', None) or padding._algorithm)
             params = (getattr(Mechanism, suffix.replace('SHA1', 'SHA_1')), getattr(MGF, suffix), None)
             mechanism = Mechanism.RSA_PKCS_OAEP
         else:
