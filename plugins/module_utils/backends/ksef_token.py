@@ -1,0 +1,134 @@
+# Copyright (c) tokenfleet.pki contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Backends of tokenfleet.pki.ksef_token and ksef_token_info. Private to the collection."""
+
+from __future__ import annotations
+
+import os
+
+from ansible_collections.tokenfleet.pki.plugins.module_utils.files import (
+    check_parent_directory,
+    private_file_args,
+    write_file,
+)
+from ansible_collections.tokenfleet.pki.plugins.module_utils.ksef.client import KsefError
+from ansible_collections.tokenfleet.pki.plugins.module_utils.ksef.tokens import (
+    PERMISSIONS,
+    list_tokens,
+    open_session,
+    token_facts,
+    wait_for_status,
+)
+
+LIVE = ('Pending', 'Active')
+
+
+class KsefTokenBackend(object):
+    def __init__(self, module):
+        self.module = module
+        params = module.params
+        self.state = params['state']
+        self.description = params['description']
+        self.reference_number = params['reference_number']
+        if self.state == 'present':
+            if self.description is None:
+                raise KsefError('description is required with state=present: it identifies the token')
+            if params['permissions'] is None:
+                raise KsefError('permissions is required with state=present')
+            unknown = [name for name in params['permissions'] if name not in PERMISSIONS]
+            if unknown:
+                raise KsefError('unknown permission %s; KSeF token permissions are %s'
+                                % (', '.join(unknown), ', '.join(PERMISSIONS)))
+        elif self.description is None and self.reference_number is None:
+            raise KsefError('state=absent needs description or reference_number to select the tokens to revoke')
+        if self.description is not None and not 5 <= len(self.description) <= 256:
+            raise KsefError('description must be 5 to 256 characters long (got %d)' % len(self.description))
+        self.permissions = sorted(set(params['permissions'] or []))
+        self.token_path = params['token_path']
+        if self.token_path:
+            check_parent_directory(self.token_path, 'token_path')
+        self.check_mode = module.check_mode
+        self.changed = False
+        self.actions = []
+
+    def run(self):
+        with open_session(self.module) as session:
+            self.session = session
+            if self.state == 'absent':
+                return self._absent()
+            return self._present()
+
+    def _matching(self):
+        """Pending or Active tokens whose description is exactly ours (KSeF filters by substring)."""
+        found = list_tokens(self.session, statuses=LIVE, description=self.description)
+        return [item for item in found if item['description'] == self.description]
+
+    def _present(self):
+        params = self.module.params
+        matching = self._matching()
+        same = [item for item in matching if sorted(item.get('requestedPermissions') or []) == self.permissions]
+        other = [item for item in matching if item not in same]
+        if same and not other:
+            result = token_facts(same[0])
+            return dict(result, changed=False, actions=[])
+        if other and not params['force']:
+            raise KsefError('a token described %r already exists with permissions %s, not %s; KSeF token permissions '
+                            'cannot change: set force=true to revoke it and make a new one'
+                            % (self.description, ', '.join(sorted(other[0].get('requestedPermissions') or [])),
+                               ', '.join(self.permissions)))
+        if self.token_path and os.path.exists(self.token_path) and not params['force']:
+            raise KsefError('token_path %s already exists and a new token would overwrite it; set force=true or '
+                            'choose another file' % self.token_path)
+        self.changed = True
+        for item in other:
+            self._revoke(item)
+        self.actions.append('create')
+        if self.check_mode:
+            return dict(changed=True, actions=self.actions, reference_number=None, status=None,
+                        description=self.description, permissions=self.permissions)
+        return self._create()
+
+    def _create(self):
+        params = self.module.params
+        body = {'permissions': self.permissions, 'description': self.description}
+        dummy, created, dummy2 = self.session.call('POST', '/tokens', body=body)
+        secret = created['token']
+        if self.token_path:  # at once: KSeF shows the secret only now
+            write_file(self.module, self.token_path, secret + '\n', 0o600, private_file_args(self.module, self.token_path))
+        item = wait_for_status(self.session, created['referenceNumber'], ('Active',), params['max_wait'])
+        result = dict(token_facts(item), changed=True, actions=self.actions)
+        if item['status'] != 'Active':
+            result['warning'] = 'the token is %s, not Active yet' % item['status']
+        if params['return_token']:
+            result['token'] = secret
+        return result
+
+    def _revoke(self, item):
+        self.actions.append('revoke %s' % item['referenceNumber'])
+        if not self.check_mode:
+            self.session.call('DELETE', '/tokens/%s' % item['referenceNumber'])
+
+    def _absent(self):
+        if self.reference_number is not None:
+            dummy, item, dummy2 = self.session.call('GET', '/tokens/%s' % self.reference_number)
+            targets = [item] if item['status'] in LIVE else []
+        else:
+            targets = self._matching()
+        for item in targets:
+            self._revoke(item)
+        self.changed = bool(targets)
+        return dict(changed=self.changed, actions=self.actions, revoked=[token_facts(item) for item in targets],
+                    description=self.description, reference_number=self.reference_number)
+
+
+class KsefTokenInfoBackend(object):
+    def __init__(self, module):
+        self.module = module
+
+    def run(self):
+        params = self.module.params
+        with open_session(self.module) as session:
+            found = list_tokens(session, statuses=params['status'], description=params['description'],
+                                author_identifier=params['author_identifier'])
+        return dict(changed=False, tokens=[token_facts(item) for item in found])
