@@ -12,7 +12,7 @@ from ansible_collections.tokenfleet.pki.plugins.module_utils.files import (
     private_file_args,
     write_file,
 )
-from ansible_collections.tokenfleet.pki.plugins.module_utils.ksef.client import KsefError
+from ansible_collections.tokenfleet.pki.plugins.module_utils.ksef.client import KsefApiError, KsefError
 from ansible_collections.tokenfleet.pki.plugins.module_utils.ksef.tokens import (
     PERMISSIONS,
     list_tokens,
@@ -22,6 +22,19 @@ from ansible_collections.tokenfleet.pki.plugins.module_utils.ksef.tokens import 
 )
 
 LIVE = ('Pending', 'Active')
+
+
+def _creation_refused(exc):
+    """KSeF's refusal to create a token, said the way the permission rules put it."""
+    text = str(exc)
+    if 'auth-method-not-allowed' in text:
+        return ('a session authenticated with a KSeF token may not create tokens; authenticate with a certificate '
+                '(auth_certificate_path and its key) instead. %s' % text)
+    if 26001 in exc.codes:
+        return 'you cannot grant permissions you do not hold yourself in this context. %s' % text
+    if 26002 in exc.codes:
+        return 'this context cannot have KSeF tokens (only NIP and InternalId contexts can). %s' % text
+    return text
 
 
 class KsefTokenBackend(object):
@@ -92,7 +105,10 @@ class KsefTokenBackend(object):
     def _create(self):
         params = self.module.params
         body = {'permissions': self.permissions, 'description': self.description}
-        dummy, created, dummy2 = self.session.call('POST', '/tokens', body=body)
+        try:
+            dummy, created, dummy2 = self.session.call('POST', '/tokens', body=body)
+        except KsefApiError as exc:
+            raise KsefError(_creation_refused(exc))
         secret = created['token']
         if self.token_path:  # at once: KSeF shows the secret only now
             write_file(self.module, self.token_path, secret + '\n', 0o600, private_file_args(self.module, self.token_path))
