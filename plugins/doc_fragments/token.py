@@ -55,7 +55,10 @@ attributes:
   diff_mode:
     description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
   action_group:
-    description: Use C(group/tokenfleet.pki.pki) in C(module_defaults) to set defaults for this module.
+    description:
+      - Use C(group/tokenfleet.pki.pki) in C(module_defaults) to set defaults for this module.
+      - Ansible refuses an option a module does not have, also from C(module_defaults), so a group default must be
+        an option of every module the play runs (C(pkcs11_module) and C(user_pin) are, except in scep_ca_info).
     support: full
     membership:
       - tokenfleet.pki.pki
