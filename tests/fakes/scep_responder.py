@@ -41,7 +41,7 @@ import time
 import typing as t
 import urllib.parse
 
-from asn1crypto import cms, core
+from asn1crypto import cms, core, parser
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -206,6 +206,33 @@ def cbc_decrypt(name: str, key: bytes, iv: bytes, data: bytes) -> bytes:
     if not 1 <= pad <= block or plain[-pad:] != bytes([pad]) * pad:
         raise ScepError(BAD_MESSAGE_CHECK, 'bad padding after decryption (wrong key or cipher)')
     return plain[:-pad]
+
+
+def _ber_octets(data: bytes) -> bytes:
+    """Concatenated contents of the OCTET STRING segments in data (BER constructed form, possibly nested)."""
+    chunks = []
+    pointer = 0
+    while pointer < len(data):
+        _class, method, _tag, header, contents, trailer = parser.parse(data[pointer:], strict=False)
+        chunks.append(_ber_octets(contents) if method == 1 else contents)
+        pointer += len(header) + len(contents) + len(trailer)
+    return b''.join(chunks)
+
+
+def _encrypted_content(encrypted: cms.EncryptedContentInfo) -> bytes:
+    """encryptedContent [0] IMPLICIT OCTET STRING, primitive or (BER) constructed.
+
+    Go's pkcs7 (micromdm scepclient) sends the constructed form, [0] { OCTET STRING }, which asn1crypto
+    refuses for an implicitly tagged field, so the field is read from the raw encoding.
+    """
+    pointer = 0
+    data = encrypted.contents
+    while pointer < len(data):
+        class_, method, tag, header, contents, trailer = parser.parse(data[pointer:], strict=False)
+        if class_ == 2 and tag == 0:
+            return _ber_octets(contents) if method == 1 else contents
+        pointer += len(header) + len(contents) + len(trailer)
+    return b''
 
 
 def _hash_for_signature(signer_info: cms.SignerInfo) -> tuple[str, hashes.HashAlgorithm]:
@@ -711,7 +738,7 @@ class FakeScepServer:
             encrypted = enveloped['encrypted_content_info']
             algorithm = encrypted['content_encryption_algorithm']
             cipher_oid = algorithm['algorithm'].dotted
-            ciphertext = bytes(encrypted['encrypted_content']) if encrypted['encrypted_content'].native is not None else b''
+            ciphertext = _encrypted_content(encrypted)
         except (ValueError, TypeError, KeyError) as exc:
             raise ScepError(BAD_REQUEST, 'cannot parse pkcsPKIEnvelope: %s' % exc) from exc
         cipher_name = CIPHER_BY_OID.get(cipher_oid)

@@ -12,7 +12,10 @@
   ``scep-submit`` to check FAILURE with each failInfo, PENDING, CertPoll, and that certmonger rejects
   the fake's corrupted replies (unpinned signer, wrong nonce, wrong transaction id) and faults;
 - OpenSSL (``openssl cms`` / ``openssl pkcs7``) verifies and decrypts replies independently, for every
-  content cipher including single DES (which certmonger on OpenSSL 3 cannot decrypt: no legacy provider).
+  content cipher including single DES (which certmonger on OpenSSL 3 cannot decrypt: no legacy provider);
+- micromdm's scepclient (Go, a second independent client) covers what certmonger never sends: POST,
+  DES-encrypted SHA-1-signed requests, RenewalReq (17) signed by the issued certificate, and several
+  recipient infos in RA mode.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from cryptography.x509.oid import NameOID
 from fixtures_scep import (  # pylint: disable=unused-import
     FAKES_DIR, SCEP_SUBMIT, Certmonger, certmonger, fake_scep, missing_certmonger, scep_ca, wait_for, write_pem,
 )
-from scep_responder import CAPS_PRESETS, CERT_POLL, FAILURE, PENDING, PKCS_REQ, SUCCESS, FakeScepServer
+from scep_responder import CAPS_PRESETS, CERT_POLL, FAILURE, PENDING, PKCS_REQ, RENEWAL_REQ, SUCCESS, FakeScepServer
 
 FAKE_SCRIPT = os.path.join(FAKES_DIR, 'scep_responder.py')
 TIMEOUT = 60
@@ -562,6 +565,63 @@ def test_pkioperation_transports_checked_by_openssl(fake_scep, certmonger_messag
     openssl('cms', '-decrypt', '-inform', 'DER', '-in', str(envelope), '-inkey', certmonger_messages.key_file, '-binary', '-out', str(inner))
     (cert,) = pem_certificates(openssl('pkcs7', '-inform', 'DER', '-in', str(inner), '-print_certs').decode('ascii'))
     assert server.issued == [cert]
+
+
+def test_get_with_base64url_is_refused(fake_scep, certmonger_messages):
+    """RFC 8894 §4.1: standard base64, not base64url (micromdm's scepclient 2.1.0 sends base64url without POSTPKIOperation)."""
+    server = fake_scep()
+    message = base64.urlsafe_b64encode(read_pkcs_req(certmonger_messages)).decode('ascii')
+    assert '-' in message or '_' in message
+    status, _content_type, body = http_request(server, 'GET', 'operation=PKIOperation&message=' + message)
+    assert status == 400 and b'base64' in body
+    assert server.issued == [] and server.request_log[-1] == ('PKIOperation', None, None, 'GET')
+
+
+# --- a second independent client: micromdm's scepclient (Go) -----------------------------------
+
+SCEPCLIENT = '/usr/bin/scepclient'
+
+
+def scepclient(server: FakeScepServer, directory, *extra: str) -> subprocess.CompletedProcess:
+    """micromdm scepclient 2.1.0: DES-CBC requests signed with SHA-1, POST when POSTPKIOperation is offered;
+    RenewalReq (17) signed by <directory>/client.pem when that file exists."""
+    if not os.path.exists(SCEPCLIENT):
+        pytest.fail('%s not installed (Debian package scep); run "make deps"' % SCEPCLIENT)
+    return run([SCEPCLIENT, '-server-url', server.url, '-private-key', str(directory / 'key.pem'), '-certificate',
+                str(directory / 'client.pem'), '-cn', 'scepclient.example.com', '-challenge', 'Go-challenge-42'] + list(extra), text=True)
+
+
+@pytest.mark.parametrize('reply_cipher', ['aes128', 'aes256', '3des', 'des'])
+def test_scepclient_enrolls_and_renews(fake_scep, tmp_path, reply_cipher):
+    """scepclient cannot decrypt AES-192 replies (its pkcs7 library has no AES-192)."""
+    server = fake_scep(challenge='Go-challenge-42', reply_cipher=reply_cipher, digest='sha1' if reply_cipher == 'des' else 'sha256')
+    write_pem(str(tmp_path / 'ca.pem'), server.ca_cert)
+    result = scepclient(server, tmp_path, '-ca-fingerprint', server.ca_fingerprint)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert_issued_by(str(tmp_path / 'client.pem'), str(tmp_path / 'ca.pem'))
+    first = load_cert(str(tmp_path / 'client.pem'))
+    assert public_der(first) == public_der(load_key(str(tmp_path / 'key.pem')))
+    (request,) = server.pki_messages
+    assert (request.message_type, request.method, request.content_cipher, request.digest) == (PKCS_REQ, 'POST', 'des', 'sha1')
+    assert request.challenge_password == 'Go-challenge-42'
+
+    # a second run with the certificate in place is a RenewalReq signed by it (the fake checks it was issued by the CA)
+    result = scepclient(server, tmp_path, '-ca-fingerprint', server.ca_fingerprint)
+    assert result.returncode == 0, result.stdout + result.stderr
+    renewal = server.pki_messages[-1]
+    assert (renewal.message_type, renewal.pki_status, renewal.signer_certificate) == (RENEWAL_REQ, SUCCESS, first)
+    second = load_cert(str(tmp_path / 'client.pem'))
+    assert second != first and server.issued == [first, second]
+
+
+def test_scepclient_with_ra_certificates(fake_scep, tmp_path):
+    server = fake_scep(challenge='Go-challenge-42', ra_mode=True)
+    result = scepclient(server, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    write_pem(str(tmp_path / 'ca.pem'), server.ca_cert)
+    assert_issued_by(str(tmp_path / 'client.pem'), str(tmp_path / 'ca.pem'))
+    # scepclient 2.1.0 encrypts to every certificate GetCACert returned; the fake picks its encryption RA
+    assert server.pki_messages[0].recipient == server.ra_enc_cert.subject.rfc4514_string()
 
 
 # --- the command line ------------------------------------------------------------------------
