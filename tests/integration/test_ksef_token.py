@@ -166,3 +166,26 @@ def test_errors_name_the_cause_and_leave_the_token_file_alone(ksef, admin_token,
     assert expected in record['result']['msg'], record['result']['msg']
     assert digest(token_file) == before
     run.assert_not_leaked(admin_token)
+
+
+def test_revoke_four_run_with_a_certificate_on_a_token(ksef, seal, run_playbook):
+    reference, dummy = ksef.add_token(NIP, OWNER, ['InvoiceRead'], 'Accounting - Leaving')
+    run = run_playbook(four_run_tasks('ksef_token', dict(connection(ksef), description='Accounting - Leaving',
+                                                         state='absent', **seal)))
+    assert_four_run(run, FOUR_RUN)
+    assert ksef.token(reference)['status'] in ('Revoking', 'Revoked')
+
+
+def test_revoking_others_tokens_needs_credentials_manage(ksef, run_playbook):
+    reference, dummy = ksef.add_token(NIP, OWNER, ['InvoiceRead'], 'Accounting - Someone')
+    author = ('Nip', '1111111111')
+    dummy, reader_token = ksef.add_token(NIP, author, ['InvoiceRead'], 'Reader only')
+    run = run_playbook([module_task('ksef_token', 'revoke', dict(connection(ksef), auth_token=reader_token,
+                                                                 reference_number=reference, state='absent'))], verbosity=3)
+    record = run.result('revoke')
+    assert record['status'] == 'failed'
+    assert record['result']['msg'].startswith('revoking (or seeing) tokens made by others needs the CredentialsManage '
+                                              'permission in this context'), record['result']['msg']
+    assert 'HTTP 403' in record['result']['msg']
+    assert ksef.token(reference)['status'] == 'Active'
+    run.assert_not_leaked(reader_token)

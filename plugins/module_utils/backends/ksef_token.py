@@ -126,13 +126,19 @@ class KsefTokenBackend(object):
             self.session.call('DELETE', '/tokens/%s' % item['referenceNumber'])
 
     def _absent(self):
-        if self.reference_number is not None:
-            dummy, item, dummy2 = self.session.call('GET', '/tokens/%s' % self.reference_number)
-            targets = [item] if item['status'] in LIVE else []
-        else:
-            targets = self._matching()
-        for item in targets:
-            self._revoke(item)
+        try:
+            if self.reference_number is not None:
+                dummy, item, dummy2 = self.session.call('GET', '/tokens/%s' % self.reference_number)
+                targets = [item] if item['status'] in LIVE else []
+            else:
+                targets = self._matching()
+            for item in targets:
+                self._revoke(item)
+        except KsefApiError as exc:
+            if exc.status != 403:
+                raise
+            raise KsefError('revoking (or seeing) tokens made by others needs the CredentialsManage permission in '
+                            'this context; a session without it may only revoke its own tokens. %s' % exc)
         self.changed = bool(targets)
         return dict(changed=self.changed, actions=self.actions, revoked=[token_facts(item) for item in targets],
                     description=self.description, reference_number=self.reference_number)
