@@ -19,6 +19,7 @@ description:
 author:
   - tokenfleet.pki contributors (@tokenfleet)
 extends_documentation_fragment:
+  - tokenfleet.pki.scep
   - tokenfleet.pki.token.attributes
   - ansible.builtin.files
 attributes:
@@ -28,24 +29,6 @@ attributes:
   diff_mode:
     support: none
 options:
-  url:
-    description: URL of the SCEP service, for example V(http://ca.example.com:8080/scep).
-    type: str
-    required: true
-  timeout:
-    description: Seconds to wait for each answer.
-    type: int
-    default: 30
-  validate_certs:
-    description: Verify the server's TLS certificate for an V(https://) O(url).
-    type: bool
-    default: true
-  ca_path:
-    description: A PEM bundle of CAs to verify an V(https://) O(url) with.
-    type: path
-  ca_identifier:
-    description: The CA identifier some servers need (EJBCA's CA name, for example).
-    type: str
   ca_fingerprint:
     description:
       - When given, only the certificate with this fingerprint counts as the CA and only certificates it issued as RA
@@ -131,21 +114,14 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.tokenfleet.pki.plugins.module_utils.backends.scep_ca_info import ScepCaInfoBackend
 from ansible_collections.tokenfleet.pki.plugins.module_utils.common import run_backend
+from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.transport import scep_server_argument_spec
 from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import require_cryptography
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            url=dict(type='str', required=True),
-            timeout=dict(type='int', default=30),
-            validate_certs=dict(type='bool', default=True),
-            ca_path=dict(type='path'),
-            ca_identifier=dict(type='str'),
-            ca_fingerprint=dict(type='str'),
-            chain_path=dict(type='path'),
-        ),
-        supports_check_mode=True, add_file_common_args=True)
+    argument_spec = scep_server_argument_spec()
+    argument_spec.update(ca_fingerprint=dict(type='str'), chain_path=dict(type='path'))
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, add_file_common_args=True)
     require_cryptography(module)
     run_backend(module, ScepCaInfoBackend)
 

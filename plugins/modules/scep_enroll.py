@@ -22,6 +22,7 @@ description:
 author:
   - tokenfleet.pki contributors (@tokenfleet)
 extends_documentation_fragment:
+  - tokenfleet.pki.scep
   - tokenfleet.pki.key_source
   - tokenfleet.pki.token.module
   - tokenfleet.pki.token
@@ -35,26 +36,6 @@ attributes:
   diff_mode:
     support: none
 options:
-  url:
-    description:
-      - URL of the SCEP service, with the port if not the default, for example V(http://ndes.example.com/certsrv/mscep/mscep.dll)
-        or V(http://ca.example.com:8080/scep).
-    type: str
-    required: true
-  timeout:
-    description: Seconds to wait for each answer of the server.
-    type: int
-    default: 30
-  validate_certs:
-    description: Verify the server's TLS certificate for an V(https://) O(url).
-    type: bool
-    default: true
-  ca_path:
-    description: A PEM bundle of CAs to verify an V(https://) O(url) with.
-    type: path
-  ca_identifier:
-    description: The CA identifier some servers need in GetCACert/GetCACaps (EJBCA's CA name, for example).
-    type: str
   ca_fingerprint:
     description:
       - Fingerprint of the CA certificate to trust, SHA-256 in hexadecimal (colons and case do not matter), as
@@ -228,6 +209,7 @@ from ansible.module_utils.basic import AnsibleModule, env_fallback
 
 from ansible_collections.tokenfleet.pki.plugins.module_utils.backends.scep_enroll import ScepEnrollBackend
 from ansible_collections.tokenfleet.pki.plugins.module_utils.common import run_backend
+from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.transport import scep_server_argument_spec
 from ansible_collections.tokenfleet.pki.plugins.module_utils.signer import (
     KEY_SOURCE_MUTUALLY_EXCLUSIVE,
     key_source_argument_spec,
@@ -240,12 +222,8 @@ def main():
     argument_spec = key_source_argument_spec()
     argument_spec.update(request_argument_spec())
     argument_spec['challenge_password']['fallback'] = (env_fallback, ['SCEP_CHALLENGE_PASSWORD'])
+    argument_spec.update(scep_server_argument_spec())
     argument_spec.update(
-        url=dict(type='str', required=True),
-        timeout=dict(type='int', default=30),
-        validate_certs=dict(type='bool', default=True),
-        ca_path=dict(type='path'),
-        ca_identifier=dict(type='str'),
         ca_fingerprint=dict(type='str'),
         ca_certificate_path=dict(type='path'),
         certificate_path=dict(type='path', required=True),

@@ -17,6 +17,17 @@ from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.message import
 MAX_RESPONSE = 4 * 1024 * 1024
 
 
+def scep_server_argument_spec():
+    """How to reach the server (``tokenfleet.pki.scep`` fragment)."""
+    return dict(
+        url=dict(type='str', required=True),
+        timeout=dict(type='int', default=30),
+        validate_certs=dict(type='bool', default=True),
+        ca_path=dict(type='path'),
+        ca_identifier=dict(type='str'),
+    )
+
+
 class ScepTransport(object):
     """GET and POST of SCEP operations with one timeout; errors name host, port and cause."""
 
