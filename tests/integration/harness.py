@@ -196,7 +196,10 @@ class PlaybookRun:
         recorded = json.dumps(self.results)
         for value in secret_values:
             for where, text in (('stdout', self.stdout), ('stderr', self.stderr), ('results', recorded)):
-                assert value not in text, 'a secret value appears in the %s of %s' % (where, self.playbook)
+                if value in text:
+                    at = text.index(value)
+                    context = text[max(0, at - 300):at + len(value) + 100].replace(value, '<THE SECRET>')
+                    raise AssertionError('a secret value appears in the %s of %s, here:\n%s' % (where, self.playbook, context))
 
 
 class PlaybookRunner:
@@ -221,6 +224,7 @@ class PlaybookRunner:
         verbosity: int = 0,
         extra_vars: dict[str, t.Any] | None = None,
         hosts: str = 'localhost',
+        handlers: list[dict[str, t.Any]] | None = None,
     ) -> PlaybookRun:
         self.count += 1
         stem = os.path.join(self.directory, 'playbook-%d' % self.count)
@@ -238,6 +242,8 @@ class PlaybookRunner:
             'vars': {'ansible_python_interpreter': sys.executable},
             'tasks': play_tasks,
         }
+        if handlers:
+            play['handlers'] = handlers
         with open(playbook, 'w', encoding='utf-8') as output:
             yaml.safe_dump([play], output, sort_keys=False)
 

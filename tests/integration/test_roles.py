@@ -1,0 +1,109 @@
+# Copyright (c) tokenfleet.pki contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The roles, run twice each: the second run changes nothing and (for SCEP) sends nothing to the CA."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from harness import REPO_ROOT, random_pin
+
+sys.path.insert(0, os.path.join(REPO_ROOT, 'tests', 'fakes'))
+from ksef_api import FakeKsef  # noqa: E402  pylint: disable=wrong-import-position,import-error
+
+
+def role_task(name, role, variables):
+    return {'name': name, 'ansible.builtin.include_role': {'name': 'tokenfleet.pki.' + role}, 'vars': variables}
+
+
+def changed_tasks(run):
+    return [record['task'] for record in run.results if record['changed']]
+
+
+def test_token_certificate_role_enrolls_notifies_and_then_does_nothing(micromdm, token, run_playbook, tmp_path):
+    challenge = random_pin(32)
+    server = micromdm(challenge=challenge)
+    marker = tmp_path / 'notified'
+    variables = dict(token_certificate_pkcs11_module=token['hsm'].module, token_certificate_token_label=token['label'],
+                     token_certificate_user_pin=token['user'], token_certificate_scep_url=server.url,
+                     token_certificate_ca_fingerprint=server.ca_fingerprint_sha256,
+                     token_certificate_challenge_password=challenge,
+                     token_certificate_path=str(tmp_path / 'pki' / 'vpn.pem'),
+                     token_certificate_common_name='ws-001.example.com', token_certificate_notify=['restart vpn'])
+    handlers = [{'name': 'restart vpn', 'ansible.builtin.shell': 'echo restarted >> %s' % marker}]
+    first = run_playbook([role_task('role', 'token_certificate', variables)], handlers=handlers, verbosity=3)
+    assert first.rc == 0, first.output()
+    assert marker.read_text() == 'restarted\n'
+    assert server.pkioperation_count() == 1
+    assert (tmp_path / 'pki' / 'vpn.pem').exists()
+    listing = token['hsm'].pkcs11_tool('--token-label', token['label'], '--list-objects', '--type', 'cert').stdout
+    assert 'ws-001.example.com' in listing
+    first.assert_not_leaked(token['user'], challenge)
+
+    second = run_playbook([role_task('role', 'token_certificate', variables)], handlers=handlers)
+    assert second.rc == 0, second.output()
+    assert changed_tasks(second) == []
+    assert server.pkioperation_count() == 1
+    assert marker.read_text() == 'restarted\n'
+
+
+def test_device_certificate_role_packs_pem_and_pkcs12(micromdm, run_playbook, tmp_path):
+    challenge, passphrase = random_pin(32), random_pin(24)
+    server = micromdm(challenge=challenge)
+    variables = dict(device_certificate_scep_url=server.url, device_certificate_ca_fingerprint=server.ca_fingerprint_sha256,
+                     device_certificate_challenge_password=challenge, device_certificate_pkcs12_passphrase=passphrase,
+                     device_certificate_dir=str(tmp_path / 'keys'), device_certificate_out_dir=str(tmp_path / 'out'),
+                     device_certificate_common_name='192.0.2.15', device_certificate_organization='Example AS')
+    first = run_playbook([role_task('role', 'device_certificate', variables)], verbosity=3)
+    assert first.rc == 0, first.output()
+    out = tmp_path / 'out' / 'localhost'
+    assert sorted(os.listdir(out)) == ['bundle.p12', 'cert.pem', 'chain.pem']
+    assert oct(os.stat(out / 'bundle.p12').st_mode & 0o777) == '0o600'
+    key, certificate, chain = pkcs12.load_key_and_certificates((out / 'bundle.p12').read_bytes(), passphrase.encode())
+    assert certificate.subject.rfc4514_string() == 'CN=192.0.2.15,O=Example AS'
+    assert key.public_key().public_numbers() == certificate.public_key().public_numbers()
+    assert [cert.subject for cert in chain] == [server.ca_certificate.subject]
+    verify = subprocess.run(['openssl', 'verify', '-CAfile', str(out / 'chain.pem'), str(out / 'cert.pem')],
+                            capture_output=True, text=True, check=False)
+    assert verify.returncode == 0, verify.stderr
+    first.assert_not_leaked(challenge, passphrase)
+
+    second = run_playbook([role_task('role', 'device_certificate', variables)])
+    assert second.rc == 0 and changed_tasks(second) == [], second.output()
+    assert server.pkioperation_count() == 1
+
+
+def test_ksef_tokens_role(run_playbook, tmp_path):
+    fake = FakeKsef()
+    fake.start()
+    try:
+        nip = '5265877635'
+        fake.grant(nip, ('Nip', nip), ['CredentialsManage', 'InvoiceRead', 'InvoiceWrite'])
+        fake.token_sessions_can_generate = True
+        dummy, admin = fake.add_token(nip, ('Nip', nip), ['CredentialsManage', 'InvoiceRead', 'InvoiceWrite'], 'Administrator')
+        leaving, dummy = fake.add_token(nip, ('Nip', nip), ['InvoiceRead'], 'Accounting - Leaving')
+        variables = dict(ksef_tokens_api_url=fake.base_url, ksef_tokens_ca_path=fake.ca_pem_path,
+                         ksef_tokens_context={'type': 'nip', 'value': nip}, ksef_tokens_auth_token=admin,
+                         ksef_tokens_max_wait=20, ksef_tokens_list=[
+                             {'description': 'Accounting - Anna', 'permissions': ['InvoiceRead', 'InvoiceWrite'],
+                              'token_path': str(tmp_path / 'anna.token')},
+                             {'description': 'ERP integration', 'permissions': ['InvoiceRead'],
+                              'token_path': str(tmp_path / 'erp.token')},
+                             {'description': 'Accounting - Leaving', 'state': 'absent'}])
+        first = run_playbook([role_task('role', 'ksef_tokens', variables)], verbosity=3)
+        assert first.rc == 0, first.output()
+        for name in ('anna.token', 'erp.token'):
+            assert oct(os.stat(tmp_path / name).st_mode & 0o777) == '0o600'
+        assert fake.token(leaving)['status'] in ('Revoking', 'Revoked')
+        secrets = [(tmp_path / name).read_text().strip() for name in ('anna.token', 'erp.token')]
+        first.assert_not_leaked(admin, *secrets)
+        second = run_playbook([role_task('role', 'ksef_tokens', variables)])
+        assert second.rc == 0 and changed_tasks(second) == [], second.output()
+        assert fake.violations() == []
+    finally:
+        fake.stop()
