@@ -21,11 +21,12 @@ VENV := .venv
 DEPS_STAMP := $(VENV)/.requirements.stamp
 COLLECTIONS_ROOT := $(CURDIR)/.tmp/collections
 COLLECTION_LINK := .tmp/collections/ansible_collections/tokenfleet/pki
-DEBIAN_PACKAGES := softhsm2 opensc scep certmonger git
+DEBIAN_PACKAGES := softhsm2 opensc scep certmonger git chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 SANITY_ARGS ?=
 PYTEST_ARGS ?=
 WORKSTATIONS ?= 20
+PRINTERS ?= 10
 BENCH_ENROLLMENTS ?= 20
 
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS_ROOT)
@@ -106,7 +107,9 @@ test: deps
 	fi
 
 demo: deps
-	$(VENV)/bin/ansible-playbook -i playbooks/inventory/demo.yml playbooks/demo.yml -e demo_workstations=$(WORKSTATIONS)
+	@status=0; $(VENV)/bin/ansible-playbook -i playbooks/inventory/demo.yml playbooks/demo.yml \
+	  -e demo_workstations=$(WORKSTATIONS) -e demo_printers=$(PRINTERS) || status=$$?; \
+	pkill -f "scepserver -depot $(CURDIR)/.tmp/demo/ca/depot" || true; exit $$status
 
 bench: deps
 	$(VENV)/bin/python bench/scep_bench.py --enrollments $(BENCH_ENROLLMENTS)
