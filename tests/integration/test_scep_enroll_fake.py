@@ -86,15 +86,25 @@ def test_pending_is_saved_and_the_next_run_polls_the_same_transaction(fake, run_
 
 def test_poll_attempts_wait_for_approval_within_one_run(fake, run_playbook, tmp_path):
     server = fake(pending=True)
-    timer = threading.Timer(2.0, server.approve)
-    timer.start()
+    done = threading.Event()
+
+    def approve_once_pending():
+        """Approve as soon as the request has arrived (a fixed delay would race a slow ansible-playbook start)."""
+        while not done.wait(0.1):
+            if server.pending_transactions:
+                server.approve()
+                return
+
+    approver = threading.Thread(target=approve_once_pending, daemon=True)
+    approver.start()
     try:
-        run = run_playbook([module_task('scep_enroll', 'wait', args_for(server, tmp_path, poll_attempts=10, poll_interval=1))])
+        run = run_playbook([module_task('scep_enroll', 'wait', args_for(server, tmp_path, poll_attempts=20, poll_interval=1))])
     finally:
-        timer.cancel()
+        done.set()
+        approver.join(5)
     result = run.result('wait')['result']
     assert result['status'] == 'issued', run.output()
-    assert 1 <= server.pki_operation_count(CERTPOLL) <= 10
+    assert 1 <= server.pki_operation_count(CERTPOLL) <= 20
 
 
 @pytest.mark.parametrize('fail_info, name', [(0, 'badAlg'), (1, 'badMessageCheck'), (2, 'badRequest'), (3, 'badTime'),
