@@ -335,7 +335,7 @@ def open_token(module, rw=False, require_login=False):
     """
     library = Pkcs11Library(module.params['pkcs11_module'])
     token = library.find_token(label=module.params.get('token_label'), serial=module.params.get('token_serial'))
-    pin = module.params.get('user_pin')
+    pin = module.params.get('user_pin') or None  # an empty value (a blank AWX credential field) means no PIN
     if require_login and pin is None:
         raise TokenError('user_pin is required to work with keys on token %s (or set PKCS11_USER_PIN)'
                          % token_summary(token))

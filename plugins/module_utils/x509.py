@@ -321,9 +321,8 @@ class RequestSpec(object):
                               ('basic_constraints', _basic_constraints)):
             if params.get(option):
                 self.extensions.append((build(params[option], option), bool(params.get(option + '_critical'))))
-        self.challenge_password = params.get('challenge_password')
-        if self.challenge_password == '':
-            raise RequestError('challenge_password must not be empty (omit it instead)')
+        # Empty means none (a blank AWX credential field or an unset SCEP_CHALLENGE_PASSWORD).
+        self.challenge_password = params.get('challenge_password') or None
         self.digest = params.get('digest')
         self.rsa_padding = params.get('rsa_padding') or 'pkcs1v15'
 

@@ -37,9 +37,10 @@ class TokenInitBackend(object):
         self.module = module
         params = module.params
         self.label = params['label']
-        self.so_pin = params['so_pin']
-        self.user_pin = params['user_pin']
-        self.new_user_pin = params['new_user_pin']
+        # Empty values (blank AWX credential fields, unset variables) mean "not given", never an empty PIN.
+        self.so_pin = params['so_pin'] or None
+        self.user_pin = params['user_pin'] or None
+        self.new_user_pin = params['new_user_pin'] or None
         self.force = params['force']
         self.check_mode = module.check_mode
         self.changed = False
@@ -55,9 +56,6 @@ class TokenInitBackend(object):
             if self.new_user_pin is not None:
                 raise TokenError('new_user_pin cannot be combined with a generated user_pin')
             check_parent_directory(params['user_pin_path'], 'user_pin_path')
-        for option in ('so_pin', 'user_pin', 'new_user_pin'):
-            if params[option] == '':
-                raise TokenError('%s must not be empty' % option)
 
     def run(self):
         library = Pkcs11Library(self.module.params['pkcs11_module'])

@@ -52,8 +52,10 @@ def open_session(module):
     client = KsefClient(params['api_url'] or ENVIRONMENTS[params['environment']], params['timeout'],
                         params['validate_certs'], params['ca_path'], params['max_wait'])
     context = context_identifier(params['context'])
-    if params['auth_token'] is not None:
+    if params['auth_token']:
         return KsefSession(client, context, ksef_token=params['auth_token'])
+    if not params['auth_certificate_path']:
+        raise KsefError('give auth_token (or KSEF_TOKEN) or auth_certificate_path with its key; the KSeF token was empty')
     certificate = load_certificate(read_file(params['auth_certificate_path'], 'auth_certificate_path'),
                                    'auth_certificate_path %s' % params['auth_certificate_path'])
     return _CertificateAuthentication(client, context, certificate, KeySource(module))
