@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from harness import REPO_ROOT, random_pin
@@ -107,3 +108,22 @@ def test_ksef_tokens_role(run_playbook, tmp_path):
         assert fake.violations() == []
     finally:
         fake.stop()
+
+
+@pytest.mark.parametrize('role, variables, message', [
+    ('token_certificate', dict(token_certificate_scep_ulr='http://127.0.0.1:9/scep', token_certificate_ca_fingerprint='00' * 32),
+     'missing required arguments: token_certificate_scep_url'),
+    ('token_certificate', dict(token_certificate_scep_url='http://127.0.0.1:9/scep', token_certificate_ca_fingerprint='00' * 32,
+                               token_certificate_key_size=1024),
+     'value of token_certificate_key_size must be one of: 2048, 3072, 4096, got: 1024'),
+    ('ksef_tokens', dict(ksef_tokens_list=[]), 'missing required arguments: ksef_tokens_context'),
+    ('device_certificate', dict(device_certificate_scep_url='http://127.0.0.1:9/scep'),
+     'missing required arguments: device_certificate_ca_fingerprint'),
+])
+def test_role_argument_specs_reject_missing_and_wrong_variables(run_playbook, role, variables, message):
+    """A misspelled variable leaves the real one unset, which the role's argument spec reports by name."""
+    run = run_playbook([role_task('role', role, variables)])
+    failed = [record for record in run.results if record['status'] == 'failed']
+    assert len(failed) == 1 and failed[0]['task'].startswith("Validating arguments against arg spec 'main'")
+    assert message in failed[0]['result']['msg']
+    assert [record['task'] for record in run.results if record['changed']] == []
