@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -19,11 +20,11 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def run_demo(demo_dir, workstations, printers, port):
+def run_demo(demo_dir, workstations, printers, port, *extra):
     completed = subprocess.run(
         [venv_tool('ansible-playbook'), '-i', 'playbooks/inventory/demo.yml', 'playbooks/demo.yml',
          '-e', 'demo_workstations=%d' % workstations, '-e', 'demo_printers=%d' % printers,
-         '-e', 'demo_dir=%s' % demo_dir, '-e', 'demo_scep_port=%d' % port],
+         '-e', 'demo_dir=%s' % demo_dir, '-e', 'demo_scep_port=%d' % port] + list(extra),
         cwd=REPO_ROOT, env=ansible_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900,
         check=False)
     assert completed.returncode == 0, completed.stdout[-6000:] + completed.stderr[-3000:]
@@ -48,6 +49,13 @@ def test_demo_provisions_workstations_and_printers_and_rerun_changes_nothing(tmp
         assert re.search(r'%s: CN=%s,O=tokenfleet demo, valid until' % (host, address), output)
         assert (tmp_path / 'printer-bundles' / host / 'bundle.p12').exists()
     assert not scepserver_running(tmp_path)
-    second, dummy = run_demo(tmp_path, 3, 2, free_port())
+    report = json.loads((tmp_path / 'report' / 'fleet-report.json').read_text())
+    assert sorted(row['host'] for row in report['rows']) == sorted(first)
+    assert set(row['status'] for row in report['rows']) == {'valid'}
+    assert (tmp_path / 'report' / 'fleet-report.html').exists()
+    issued = len(os.listdir(tmp_path / 'ca' / 'depot'))
+    # A whole second run, without the report (which is written anew each time): nothing changes, nothing is issued.
+    second, dummy = run_demo(tmp_path, 3, 2, free_port(), '--skip-tags', 'report')
     assert second == dict((host, '0') for host in first)
+    assert len(os.listdir(tmp_path / 'ca' / 'depot')) == issued
     assert not scepserver_running(tmp_path)
