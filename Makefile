@@ -109,7 +109,7 @@ test: deps
 demo: deps
 	@status=0; $(VENV)/bin/ansible-playbook -i playbooks/inventory/demo.yml playbooks/demo.yml \
 	  -e demo_workstations=$(WORKSTATIONS) -e demo_printers=$(PRINTERS) || status=$$?; \
-	pkill -f "scepserver -depot $(CURDIR)/.tmp/demo/ca/depot" || true; exit $$status
+	pkill -f "[s]cepserver -depot $(CURDIR)/.tmp/demo/ca/depot" || true; exit $$status
 
 bench: deps
 	$(VENV)/bin/python bench/scep_bench.py --enrollments $(BENCH_ENROLLMENTS)
