@@ -81,3 +81,22 @@ def write_file(module, path, content, default_mode=0o600, file_args=None):
 def private_file_args(module, path):
     """File arguments for files only the module's user may read (keys, state), whatever the task's mode says."""
     return module.load_file_common_arguments(dict(mode=0o600), path=path)
+
+
+def apply_file_attributes(module, path, changed, default_mode):
+    """Apply the task's mode/owner/group to ``path`` (or predict it in check mode); True when anything changed."""
+    file_args = module.load_file_common_arguments(module.params, path=path)
+    if file_args.get('mode') is None:
+        file_args['mode'] = default_mode
+    if module.check_file_absent_if_check_mode(path):
+        return True
+    return module.set_fs_attributes_if_different(file_args, changed)
+
+
+def ensure_content(module, path, content, default_mode):
+    """Make ``path`` hold exactly ``content`` with the task's file attributes; True when anything changed."""
+    current = read_file(path, 'the file') if os.path.exists(path) else None
+    changed = current != content
+    if changed and not module.check_mode:
+        write_file(module, path, content, default_mode)
+    return apply_file_attributes(module, path, changed, default_mode)

@@ -20,7 +20,7 @@ from ansible_collections.tokenfleet.pki.plugins.module_utils.common import PkiEr
 
 try:
     import pkcs11
-    from pkcs11 import Attribute, KeyType, ObjectClass, TokenFlag
+    from pkcs11 import Attribute, ObjectClass, TokenFlag
 except ImportError:
     HAS_PKCS11 = False
     PKCS11_IMPORT_ERROR = traceback.format_exc()
@@ -322,10 +322,8 @@ if HAS_PKCS11:
         ObjectClass.PUBLIC_KEY: 'public key',
         ObjectClass.CERTIFICATE: 'certificate',
     }
-    KEY_TYPE_NAMES = {KeyType.RSA: 'rsa', KeyType.EC: 'ec', KeyType.EC_EDWARDS: 'ed25519'}
 else:
     _CLASS_NAMES = {}
-    KEY_TYPE_NAMES = {}
 
 
 def open_token(module, rw=False, require_login=False):

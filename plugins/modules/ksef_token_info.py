@@ -97,6 +97,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.tokenfleet.pki.plugins.module_utils.backends.ksef_token import KsefTokenInfoBackend
 from ansible_collections.tokenfleet.pki.plugins.module_utils.common import run_backend
+from ansible_collections.tokenfleet.pki.plugins.module_utils.ksef.auth import require_signxml
 from ansible_collections.tokenfleet.pki.plugins.module_utils.ksef.tokens import (
     KSEF_MUTUALLY_EXCLUSIVE,
     KSEF_REQUIRED_ONE_OF,
@@ -118,6 +119,8 @@ def main():
                            mutually_exclusive=KSEF_MUTUALLY_EXCLUSIVE + KEY_SOURCE_MUTUALLY_EXCLUSIVE,
                            required_one_of=KSEF_REQUIRED_ONE_OF)
     require_cryptography(module)
+    if module.params['auth_certificate_path']:
+        require_signxml(module)
     run_backend(module, KsefTokenInfoBackend)
 
 

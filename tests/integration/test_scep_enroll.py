@@ -189,3 +189,15 @@ def test_ec_token_key_is_refused_before_contacting_the_server(ca, token, run_pla
                                        'requesting key with RSA, so EC and Ed25519 keys cannot enroll')
     assert not (tmp_path / 'cert.pem').exists()
     assert ca['server'].pkioperation_count() == 0
+
+
+def test_mode_of_a_valid_certificate_is_applied_without_contacting_the_ca(ca, run_playbook, tmp_path):
+    args = enroll_args(ca, tmp_path)
+    run_playbook([module_task('scep_enroll', 'enroll', args)])
+    run = run_playbook([module_task('scep_enroll', 'mode check', dict(args, mode='0640'), check=True),
+                        module_task('scep_enroll', 'mode', dict(args, mode='0640')),
+                        module_task('scep_enroll', 'again', dict(args, mode='0640'))])
+    assert [record['changed'] for record in run.results] == [True, True, False]
+    assert run.result('mode')['result']['status'] == 'unchanged'
+    assert oct(os.stat(tmp_path / 'cert.pem').st_mode & 0o777) == '0o640'
+    assert ca['server'].pkioperation_count() == 1

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import os
 
-from ansible_collections.tokenfleet.pki.plugins.module_utils.files import check_parent_directory, write_file
+from ansible_collections.tokenfleet.pki.plugins.module_utils.files import (
+    apply_file_attributes,
+    check_parent_directory,
+    write_file,
+)
 from ansible_collections.tokenfleet.pki.plugins.module_utils.signer import KeySource
 from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import (
     RequestError,
@@ -61,21 +65,13 @@ class CsrBackend(object):
                 if data is not None and self.module.params['backup']:
                     result['backup_file'] = self.module.backup_local(self.path)
                 write_file(self.module, self.path, request_pem(csr), self.default_mode)
-        result['changed'] = self._file_attributes(result['changed'])
+        result['changed'] = apply_file_attributes(self.module, self.path, result['changed'], self.default_mode)
         result.update(after)
         result['reasons'] = reasons
         result['diff'] = dict(before=before, after=after)
         if self.module.params['return_content']:
             result['csr'] = request_pem(csr).decode('ascii')
         return result
-
-    def _file_attributes(self, changed):
-        file_args = self.module.load_file_common_arguments(self.module.params)
-        if file_args.get('mode') is None:
-            file_args['mode'] = self.default_mode
-        if self.module.check_file_absent_if_check_mode(self.path):
-            return True
-        return self.module.set_fs_attributes_if_different(file_args, changed)
 
     def _absent(self, data, result):
         if data is not None:

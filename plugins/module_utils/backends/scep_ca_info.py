@@ -5,9 +5,7 @@
 
 from __future__ import annotations
 
-import os
-
-from ansible_collections.tokenfleet.pki.plugins.module_utils.files import check_parent_directory, write_file
+from ansible_collections.tokenfleet.pki.plugins.module_utils.files import check_parent_directory, ensure_content
 from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.client import (
     CaCertificates,
     choose_algorithms,
@@ -46,17 +44,5 @@ class ScepCaInfoBackend(object):
                       algorithms=dict(signature=digest, encryption=cipher, method='POST' if use_post else 'GET'))
         if params['chain_path']:
             content = ''.join(certificate_pem(cert) for cert in ca_certificates.ca).encode('ascii')
-            current = None
-            if os.path.exists(params['chain_path']):
-                with open(params['chain_path'], 'rb') as handle:
-                    current = handle.read()
-            if current != content:
-                result['changed'] = True
-                if not self.module.check_mode:
-                    write_file(self.module, params['chain_path'], content, 0o644)
-            file_args = self.module.load_file_common_arguments(self.module.params, path=params['chain_path'])
-            if file_args.get('mode') is None:
-                file_args['mode'] = 0o644
-            if not self.module.check_file_absent_if_check_mode(params['chain_path']):
-                result['changed'] = self.module.set_fs_attributes_if_different(file_args, result['changed'])
+            result['changed'] = ensure_content(self.module, params['chain_path'], content, 0o644)
         return result

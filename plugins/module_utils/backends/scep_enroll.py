@@ -17,6 +17,7 @@ import time
 
 from ansible_collections.tokenfleet.pki.plugins.module_utils.common import PkiError
 from ansible_collections.tokenfleet.pki.plugins.module_utils.files import (
+    apply_file_attributes,
     check_parent_directory,
     private_file_args,
     read_file,
@@ -37,8 +38,13 @@ from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.message import
 )
 from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.state import ScepState, utc_now_text
 from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.transport import ScepTransport
-from ansible_collections.tokenfleet.pki.plugins.module_utils.signer import KeySource, load_private_key_file
-from ansible_collections.tokenfleet.pki.plugins.module_utils.token_objects import create_certificate, destroy
+from ansible_collections.tokenfleet.pki.plugins.module_utils.signer import KeySource, load_private_key_file, token_private_key
+from ansible_collections.tokenfleet.pki.plugins.module_utils.token_objects import (
+    create_certificate,
+    destroy,
+    generate_key_pair,
+    matching_public_object,
+)
 from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import (
     HAS_CRYPTOGRAPHY,
     RequestSpec,
@@ -167,7 +173,8 @@ class ScepEnrollBackend(object):
         if certificate is not None:
             result['certificate']['days_left'] = int(_days_left(certificate))
         if action == 'unchanged':
-            return dict(result, changed=False)
+            # Nothing to ask the CA, but the task's mode/owner/group still apply to the certificate file.
+            return dict(result, changed=apply_file_attributes(self.module, self.certificate_path, False, 0o644))
         result['changed'] = True
         result['status'] = {'enroll': 'issued', 'renew': 'renewed', 'poll': 'pending'}[action]
         if self.check_mode:
@@ -293,14 +300,19 @@ class ScepEnrollBackend(object):
             return self._new_file_key()
         return self._new_token_key(key)
 
+    def _new_label(self):
+        return self.key_source.key_object.label + '.new'
+
+    def _new_token_key_objects(self):
+        """The rekey key pair (label <key_label>.new) on the token, from a run that did not finish."""
+        session, label = self.key_source.session, self._new_label()
+        return session.find(ObjectClass.PRIVATE_KEY, label=label) + session.find(ObjectClass.PUBLIC_KEY, label=label)
+
     def _new_token_key(self, key):
-        from ansible_collections.tokenfleet.pki.plugins.module_utils.token_objects import generate_key_pair
-        from ansible_collections.tokenfleet.pki.plugins.module_utils.signer import token_private_key
         session = self.key_source.session
-        label = self.key_source.key_object.label + '.new'
-        for old in session.find(ObjectClass.PRIVATE_KEY, label=label) + session.find(ObjectClass.PUBLIC_KEY, label=label):
-            destroy([old])
-        public, private = generate_key_pair(session, 'rsa', key.key_size, None, label, None, ['sign', 'decrypt'], False)
+        destroy(self._new_token_key_objects())
+        public, private = generate_key_pair(session, 'rsa', key.key_size, None, self._new_label(), None,
+                                            ['sign', 'decrypt'], False)
         return token_private_key(self.key_source.token, session, private, public)
 
     def _discard_new_key(self, new_key):
@@ -311,20 +323,15 @@ class ScepEnrollBackend(object):
             if os.path.exists(self.key_path + '.new'):
                 os.unlink(self.key_path + '.new')
             return
-        session = self.key_source.session
-        label = self.key_source.key_object.label + '.new'
-        destroy(session.find(ObjectClass.PRIVATE_KEY, label=label) + session.find(ObjectClass.PUBLIC_KEY, label=label))
+        destroy(self._new_token_key_objects())
 
     def _pending_new_key(self):
         if self.key_path is not None:
             return load_private_key_file(self.key_path + '.new', None)
         session = self.key_source.session
-        label = self.key_source.key_object.label + '.new'
-        from ansible_collections.tokenfleet.pki.plugins.module_utils.signer import token_private_key
-        from ansible_collections.tokenfleet.pki.plugins.module_utils.token_objects import matching_public_object
-        private = session.find_one(ObjectClass.PRIVATE_KEY, label=label)
+        private = session.find_one(ObjectClass.PRIVATE_KEY, label=self._new_label())
         if private is None:
-            raise ScepError('the pending rekey request\'s new key %r is no longer on the token' % label)
+            raise ScepError('the pending rekey request\'s new key %r is no longer on the token' % self._new_label())
         return token_private_key(self.key_source.token, session, private, matching_public_object(session, private))
 
     def _write_key(self, path, key):

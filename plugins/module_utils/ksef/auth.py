@@ -14,13 +14,15 @@ import re
 import time
 import traceback
 
+from ansible.module_utils.basic import missing_required_lib
+
 from ansible_collections.tokenfleet.pki.plugins.module_utils.ksef.client import KsefApiError, KsefError
 from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import HAS_CRYPTOGRAPHY
 
 if HAS_CRYPTOGRAPHY:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import padding
+    from cryptography.hazmat.primitives.asymmetric import ec, padding
 
 try:
     from lxml import etree
@@ -32,6 +34,14 @@ except ImportError:
 else:
     HAS_SIGNXML = True
     SIGNXML_IMPORT_ERROR = None
+
+
+def require_signxml(module):
+    """Certificate authentication signs XAdES with signxml; say so clearly when it is missing."""
+    if not HAS_SIGNXML:
+        module.fail_json(msg=missing_required_lib('signxml and lxml (for auth_certificate_path)'),
+                         exception=SIGNXML_IMPORT_ERROR)
+
 
 AUTH_NAMESPACE = 'http://ksef.mf.gov.pl/auth/token/2.0'
 _NIP_WEIGHTS = (6, 5, 7, 2, 3, 4, 5, 6, 7)
@@ -172,7 +182,6 @@ def auth_token_request(challenge, context):
 
 def sign_xades(document, private_key, certificate):
     """XAdES-BES enveloped signature with signxml; the key may be on a token (see signer.py)."""
-    from cryptography.hazmat.primitives.asymmetric import ec
     algorithm = SignatureMethod.ECDSA_SHA256 if isinstance(private_key, ec.EllipticCurvePrivateKey) else SignatureMethod.RSA_SHA256
     signed = XAdESSigner(signature_algorithm=algorithm).sign(document, key=private_key, cert=[certificate])
     return etree.tostring(signed, xml_declaration=True, encoding='UTF-8')

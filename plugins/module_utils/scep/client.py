@@ -9,6 +9,7 @@ import hashlib
 import os
 import re
 
+from ansible_collections.tokenfleet.pki.plugins.module_utils.files import read_file
 from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.message import (
     CIPHERS,
     DIGESTS,
@@ -155,11 +156,7 @@ def parse_ca_certificates(content_type, data):
 
 
 def load_pinned_certificates(path):
-    try:
-        with open(path, 'rb') as handle:
-            data = handle.read()
-    except OSError as exc:
-        raise ScepError('ca_certificate_path %s cannot be read: %s' % (path, exc.strerror or exc))
+    data = read_file(path, 'ca_certificate_path')
     try:
         if b'-----BEGIN' in data:
             return x509.load_pem_x509_certificates(data)
