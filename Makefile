@@ -6,11 +6,12 @@
 #   make integration   pytest tests/integration (SoftHSM2, OpenSC, scep, certmonger)
 #   make test          deps + sanity + units + integration, with a summary
 #   make demo          deps, then playbooks/demo.yml against playbooks/inventory/demo.yml
-#   make bench         SCEP enrollment speed: scep_enroll against micromdm's scepclient (BENCH_ENROLLMENTS=20)
+#   make bench         scep_enroll against micromdm's scepclient, then rotate.yml over 100 hosts against the ping floor
 #   make clean         remove .venv, .tmp and test output
 #
 # Variables: WORKSTATIONS (simulated workstations in the demo, default 20), PYTHON (interpreter for .venv, default python3), SANITY_ARGS (extra
-# ansible-test sanity arguments, e.g. "--test validate-modules"), PYTEST_ARGS.
+# ansible-test sanity arguments, e.g. "--test validate-modules"), PYTEST_ARGS, BENCH_ENROLLMENTS (20), BENCH_FLEET_HOSTS (100),
+# BENCH_REPEATS (timed rounds of the fleet bench, 3), BENCH_FORKS (ansible forks of the fleet bench, 5).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -28,6 +29,9 @@ PYTEST_ARGS ?=
 WORKSTATIONS ?= 20
 PRINTERS ?= 10
 BENCH_ENROLLMENTS ?= 20
+BENCH_FLEET_HOSTS ?= 100
+BENCH_REPEATS ?= 3
+BENCH_FORKS ?= 5
 
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS_ROOT)
 
@@ -111,8 +115,12 @@ demo: deps
 	  -e demo_workstations=$(WORKSTATIONS) -e demo_printers=$(PRINTERS) || status=$$?; \
 	pkill -f "[s]cepserver -depot $(CURDIR)/.tmp/demo/ca/depot" || true; exit $$status
 
+# Each bench starts its own scepserver and stops it when it ends, also on a failure (Linux also sends it
+# SIGTERM when the bench process dies); the fleet bench ends its ansible-playbook runs too. Both merge
+# their figures into bench/results.json.
 bench: deps
 	$(VENV)/bin/python bench/scep_bench.py --enrollments $(BENCH_ENROLLMENTS)
+	$(VENV)/bin/python bench/fleet_bench.py --hosts $(BENCH_FLEET_HOSTS) --repeats $(BENCH_REPEATS) --forks $(BENCH_FORKS)
 
 clean:
 	rm -rf $(VENV) .tmp tests/output .pytest_cache

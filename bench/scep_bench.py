@@ -5,7 +5,8 @@
 micromdm's scepclient, alternating, against the same micromdm scepserver in one run.
 
 Both make a new RSA-2048 key per enrollment and enroll it (GetCACaps, GetCACert, one PKIOperation).
-Prints the median seconds per enrollment of each and their ratio, and writes bench/results.json.
+Prints the median seconds per enrollment of each and their ratio, and writes them into bench/results.json
+(the other keys there, e.g. fleet_bench.py's, are kept).
 """
 
 from __future__ import annotations
@@ -74,8 +75,13 @@ def main():
         'scep_enroll_to_scepclient_ratio': {'value': round(ours_median / peer_median, 2), 'unit': 'x'},
         'enrollments_each': {'value': options.enrollments, 'unit': 'count'},
     }
+    merged = {}
+    if os.path.exists(options.output):  # keep the other benches' keys (fleet_bench.py)
+        with open(options.output, encoding='utf-8') as handle:
+            merged = json.load(handle)
+    merged.update(results)
     with open(options.output, 'w', encoding='utf-8') as handle:
-        json.dump(results, handle, indent=2, sort_keys=True)
+        json.dump(merged, handle, indent=2, sort_keys=True)
         handle.write('\n')
     print('enrollments each: %d (alternating, same micromdm scepserver, new RSA-2048 key each)' % options.enrollments)
     print('scep_enroll (module process): median %.3f s per enrollment (min %.3f, max %.3f)' % (ours_median, min(ours), max(ours)))
