@@ -50,9 +50,11 @@ def test_broken_hosts_fail_alone_and_the_report_says_why(micromdm, token, tmp_pa
                           token_certificate_scep_url=broken_url, token_certificate_path=str(tmp_path / 'ws-broken' / 'vpn.pem')),
     }
     printers = dict(('mfp-%d' % number, dict(common, device_certificate_scep_url=server.url,
-                                             device_certificate_dir=str(tmp_path / 'keys' / ('mfp-%d' % number)),
-                                             device_certificate_common_name='192.0.2.%d' % number))
+                                             device_certificate_dir=str(tmp_path / 'keys' / ('mfp-%d' % number))))
                     for number in (1, 2, 3))
+    # The common name defaults to the device's address, else its inventory name (never the controller's).
+    printers['mfp-1']['ansible_host'] = '192.0.2.1'
+    printers['mfp-2']['device_certificate_common_name'] = '192.0.2.2'
     printers['mfp-2']['device_certificate_scep_url'] = broken_url
     fleet_vars = dict(token_certificate_ca_fingerprint=server.ca_fingerprint_sha256,
                       token_certificate_challenge_password=challenge,
@@ -98,6 +100,9 @@ def test_broken_hosts_fail_alone_and_the_report_says_why(micromdm, token, tmp_pa
         assert record['task'].startswith('Certificate')
     assert not os.path.exists(tmp_path / 'keys' / 'mfp-1' / 'cert.pem.error.json')
     assert challenge not in json.dumps([printer_record, workstation_record])
+    for name, common_name in (('mfp-1', '192.0.2.1'), ('mfp-3', 'mfp-3')):
+        issued = x509.load_pem_x509_certificate((tmp_path / 'out' / name / 'cert.pem').read_bytes())
+        assert issued.subject.rfc4514_string() == 'CN=%s' % common_name
 
     def report():
         rc, output = ansible_playbook(env, tmp_path, '-i', str(inventory), os.path.join(REPO_ROOT, 'playbooks', 'report.yml'),
