@@ -101,10 +101,9 @@ class Fleet:
             workstation_hosts[name] = self._workstation(name)
         for name in self.printers:
             directory = os.path.join(work, 'hosts', name)
-            # the common name is set: the role's default, ansible_host | default(inventory_hostname), is
-            # templated under delegate_to: localhost and gives 'localhost' for a host without ansible_host
+            # no ansible_host: the role's default common name is then the inventory name
             printer_hosts[name] = dict(ansible_python_interpreter=sys.executable, device_certificate_dir=directory,
-                                       device_certificate_common_name=name, device_certificate_pkcs12_passphrase=random_pin())
+                                       device_certificate_pkcs12_passphrase=random_pin())
         common = dict(ansible_connection='local')
         inventory = {'all': {'vars': common, 'children': {
             'workstations': {'hosts': workstation_hosts, 'vars': dict(
