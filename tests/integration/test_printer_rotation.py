@@ -6,6 +6,7 @@ also after a rotation."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import ssl
@@ -75,3 +76,38 @@ def test_printers_present_their_new_certificates_after_enrollment_and_rotation(m
     finally:
         for printer in printers:
             printer.stop()
+
+
+def test_a_failed_delivery_is_retried_by_the_next_run_without_a_new_request(micromdm, run_playbook, tmp_path):
+    """The printer refuses the upload (its admin password was changed): the certificate stays on the controller, the
+    failure is recorded, and the next run delivers that same certificate without asking the CA again."""
+    challenge, passphrase = random_pin(32), random_pin(24)
+    server = micromdm(challenge=challenge)
+    printer = FakePrinter(restart_delay=0.2, name='mfp-1').start()
+    try:
+        factory = presented_certificate(printer.port)
+        refused = printer_tasks([printer], server, challenge, passphrase, tmp_path, printer_admin_password='not-the-password')
+        first = run_playbook(refused)
+        assert first.rc != 0, first.output()
+        assert server.pkioperation_count() == 1
+        issued = x509.load_pem_x509_certificate((tmp_path / 'mfp-1' / 'cert.pem').read_bytes())
+        assert presented_certificate(printer.port) == factory
+        record = json.loads((tmp_path / 'mfp-1' / 'cert.pem.error.json').read_text())
+        assert record['task'] == 'Upload the bundle to the printer'
+        assert '401' in record['reason'], record
+        assert 'not-the-password' not in json.dumps(record) and passphrase not in json.dumps(record)
+
+        second = run_playbook(printer_tasks([printer], server, challenge, passphrase, tmp_path))
+        assert second.rc == 0, second.output()
+        assert server.pkioperation_count() == 1  # the same certificate, delivered now
+        assert printer.wait_restarted(10)
+        assert presented_certificate(printer.port) == issued
+        assert not (tmp_path / 'mfp-1' / 'cert.pem.error.json').exists()
+        assert printer.restarts == 1
+
+        third = run_playbook(printer_tasks([printer], server, challenge, passphrase, tmp_path))
+        assert third.rc == 0, third.output()
+        assert [record['task'] for record in third.results if record['changed']] == []
+        assert server.pkioperation_count() == 1 and printer.restarts == 1
+    finally:
+        printer.stop()
