@@ -55,6 +55,7 @@ options:
       - Authenticate with this KSeF token. It is never logged or returned. A session opened with a KSeF token may
         not be allowed to create tokens; authenticate with a certificate for that.
       - If not set, the value of the E(KSEF_TOKEN) environment variable is used.
+      - Not used when O(auth_certificate_path) is given.
     type: str
   auth_certificate_path:
     description:

@@ -18,13 +18,14 @@ from ansible_collections.tokenfleet.pki.plugins.module_utils.token import (
     describe_selector,
     open_token,
     parse_hex_id,
+    require_pkcs11,
     token_argument_spec,
 )
 from ansible_collections.tokenfleet.pki.plugins.module_utils.token_objects import (
     matching_public_object,
     public_key_from_objects,
 )
-from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import HAS_CRYPTOGRAPHY
+from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import HAS_CRYPTOGRAPHY, require_cryptography
 
 if HAS_PKCS11:
     import pkcs11
@@ -58,6 +59,13 @@ def key_source_argument_spec():
         so_pin=dict(type='str', no_log=True),
     )
     return spec
+
+
+def require_key_source_libraries(module):
+    """cryptography always; python-pkcs11 when the key is on a token (key_label or key_id)."""
+    require_cryptography(module)
+    if module.params['key_label'] is not None or module.params['key_id'] is not None:
+        require_pkcs11(module)
 
 
 KEY_SOURCE_MUTUALLY_EXCLUSIVE = [

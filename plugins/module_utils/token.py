@@ -261,6 +261,8 @@ class TokenSession(object):
     """
 
     def __init__(self, library, token, rw=False, user_pin=None, so_pin=None):
+        # An empty PIN (a blank AWX credential field) means no PIN: logging in with it would cost a try.
+        user_pin, so_pin = user_pin or None, so_pin or None
         self.library = library
         self.token = token
         role = 'SO' if so_pin is not None else 'user'
@@ -333,8 +335,8 @@ def open_token(module, rw=False, require_login=False):
     """
     library = Pkcs11Library(module.params['pkcs11_module'])
     token = library.find_token(label=module.params.get('token_label'), serial=module.params.get('token_serial'))
-    pin = module.params.get('user_pin') or None  # an empty value (a blank AWX credential field) means no PIN
-    if require_login and pin is None:
+    pin = module.params.get('user_pin')
+    if require_login and not pin:
         raise TokenError('user_pin is required to work with keys on token %s (or set PKCS11_USER_PIN)'
                          % token_summary(token))
     return library, token, TokenSession(library, token, rw=rw, user_pin=pin)

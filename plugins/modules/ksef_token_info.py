@@ -97,7 +97,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.tokenfleet.pki.plugins.module_utils.backends.ksef_token import KsefTokenInfoBackend
 from ansible_collections.tokenfleet.pki.plugins.module_utils.common import run_backend
-from ansible_collections.tokenfleet.pki.plugins.module_utils.ksef.auth import require_signxml
+from ansible_collections.tokenfleet.pki.plugins.module_utils.ksef.auth import require_ksef_libraries
 from ansible_collections.tokenfleet.pki.plugins.module_utils.ksef.tokens import (
     KSEF_MUTUALLY_EXCLUSIVE,
     KSEF_REQUIRED_ONE_OF,
@@ -105,7 +105,6 @@ from ansible_collections.tokenfleet.pki.plugins.module_utils.ksef.tokens import 
     ksef_argument_spec,
 )
 from ansible_collections.tokenfleet.pki.plugins.module_utils.signer import KEY_SOURCE_MUTUALLY_EXCLUSIVE
-from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import require_cryptography
 
 
 def main():
@@ -118,9 +117,7 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            mutually_exclusive=KSEF_MUTUALLY_EXCLUSIVE + KEY_SOURCE_MUTUALLY_EXCLUSIVE,
                            required_one_of=KSEF_REQUIRED_ONE_OF)
-    require_cryptography(module)
-    if module.params['auth_certificate_path']:
-        require_signxml(module)
+    require_ksef_libraries(module)
     run_backend(module, KsefTokenInfoBackend)
 
 

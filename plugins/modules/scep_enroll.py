@@ -213,9 +213,9 @@ from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.transport impo
 from ansible_collections.tokenfleet.pki.plugins.module_utils.signer import (
     KEY_SOURCE_MUTUALLY_EXCLUSIVE,
     key_source_argument_spec,
+    require_key_source_libraries,
 )
-from ansible_collections.tokenfleet.pki.plugins.module_utils.token import require_pkcs11
-from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import request_argument_spec, require_cryptography
+from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import request_argument_spec
 
 
 def main():
@@ -250,9 +250,7 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec,
                            mutually_exclusive=KEY_SOURCE_MUTUALLY_EXCLUSIVE + [('ca_fingerprint', 'ca_certificate_path')],
                            supports_check_mode=True, add_file_common_args=True)
-    require_cryptography(module)
-    if module.params['key_label'] is not None or module.params['key_id'] is not None:
-        require_pkcs11(module)
+    require_key_source_libraries(module)
     run_backend(module, ScepEnrollBackend)
 
 

@@ -189,3 +189,30 @@ def test_revoking_others_tokens_needs_credentials_manage(ksef, run_playbook):
     assert 'HTTP 403' in record['result']['msg']
     assert ksef.token(reference)['status'] == 'Active'
     run.assert_not_leaked(reader_token)
+
+
+def test_force_with_duplicates_revokes_the_others_and_keeps_the_matching_token(ksef, admin_token, run_playbook):
+    kept, dummy = ksef.add_token(NIP, OWNER, ['InvoiceRead'], 'Integration - ERP')
+    other, dummy = ksef.add_token(NIP, OWNER, ['InvoiceWrite'], 'Integration - ERP')
+    args = dict(connection(ksef), auth_token=admin_token, description='Integration - ERP', permissions=['InvoiceRead'],
+                force=True)
+    run = run_playbook([module_task('ksef_token', 'force', args), module_task('ksef_token', 'again', args)])
+    forced, again = run.result('force')['result'], run.result('again')['result']
+    assert forced['changed'] and forced['actions'] == ['revoke %s' % other], forced
+    assert forced['reference_number'] == kept
+    assert not again['changed'] and again['reference_number'] == kept
+    live = [token for token in ksef.tokens() if token['status'] in ('Pending', 'Active')
+            and token['description'] == 'Integration - ERP']
+    assert [token['referenceNumber'] for token in live] == [kept]
+    assert ksef.violations() == []
+
+
+def test_a_ksef_token_in_the_environment_does_not_stop_certificate_authentication(ksef, admin_token, seal, run_playbook):
+    """KSEF_TOKEN exported for the info tasks (an AWX credential) must not block creating tokens with the seal:
+    auth_certificate_path wins, and the session is a certificate session (token sessions may not create here)."""
+    args = dict(connection(ksef), description='Integration - ERP', permissions=['InvoiceRead'], **seal)
+    task = dict(module_task('ksef_token', 'create', args), environment={'KSEF_TOKEN': admin_token})
+    run = run_playbook([task])
+    created = run.result('create')
+    assert created['status'] == 'ok' and created['result']['status'] == 'Active', run.output()
+    assert ksef.violations() == []

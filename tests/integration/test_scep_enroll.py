@@ -111,6 +111,31 @@ def test_renewal_and_rekey_keep_old_until_new_is_stored(ca, run_playbook, tmp_pa
     assert openssl_verify(server.ca_pem_path, tmp_path / 'cert.pem')
 
 
+def test_a_key_the_module_makes_is_encrypted_with_the_passphrase(ca, run_playbook, tmp_path):
+    """With private_key_passphrase, the generated key and a rekey's new key are written encrypted with it, so the
+    next runs can load them; the passphrase never shows in the output."""
+    passphrase = random_pin(24)
+    args = enroll_args(ca, tmp_path, private_key_passphrase=passphrase)
+    run = run_playbook([
+        module_task('scep_enroll', 'enroll', args),
+        module_task('scep_enroll', 'again', args),
+        module_task('scep_enroll', 'rekey', dict(args, renew_before=400, rekey=True)),
+        module_task('scep_enroll', 'after rekey', args),
+    ], verbosity=3)
+    assert [(record['task'], record['status'], record['changed']) for record in run.results] == [
+        ('enroll', 'ok', True), ('again', 'ok', False), ('rekey', 'ok', True), ('after rekey', 'ok', False)], run.output()
+    for path in (tmp_path / 'key.pem', tmp_path / 'key.pem.old'):
+        with pytest.raises(TypeError):  # encrypted: no key without the passphrase
+            load_key(path)
+        key = serialization.load_pem_private_key(path.read_bytes(), passphrase.encode())
+        assert oct(os.stat(path).st_mode & 0o777) == '0o600'
+    assert public_pem(key) == public_pem(load_cert(tmp_path / 'cert.pem.old'))
+    current = serialization.load_pem_private_key((tmp_path / 'key.pem').read_bytes(), passphrase.encode())
+    assert public_pem(current) == public_pem(load_cert(tmp_path / 'cert.pem'))
+    assert ca['server'].pkioperation_count() == 2
+    run.assert_not_leaked(ca['challenge'], passphrase)
+
+
 def test_token_key_enrollment_stored_on_token(ca, token, run_playbook, tmp_path):
     args = dict(enroll_args(ca, tmp_path, private_key_path=None, store_on_token=True), **token_args(token))
     del args['private_key_path']

@@ -65,3 +65,13 @@ def test_unknown_token_and_wrong_pin(softhsm, run_playbook):
     assert wrong_pin['status'] == 'failed'
     assert wrong_pin['result']['msg'].startswith("the user PIN was rejected by token 'ws-001' (PIN incorrect)")
     assert wrong not in run.stdout + run.stderr
+
+
+def test_an_empty_pin_means_no_pin_and_no_login(softhsm, run_playbook):
+    """A blank AWX credential field gives user_pin ''; a login with it would be refused and cost one of the tries."""
+    softhsm.init_token('ws-001', random_pin(), random_pin())
+    run = run_playbook([info_task(softhsm, 'blank pin', token_label='ws-001', user_pin='')])
+    blank = run.result('blank pin')
+    assert blank['status'] == 'ok', run.output()
+    [facts] = blank['result']['tokens']
+    assert facts['label'] == 'ws-001' and facts['certificates'] == [] and 'keys' not in facts

@@ -96,6 +96,8 @@ class KsefTokenBackend(object):
         self.changed = True
         for item in other:
             self._revoke(item)
+        if same:  # force with duplicates: the ones with other permissions are gone, the matching one stays
+            return dict(token_facts(same[0]), changed=True, actions=self.actions)
         self.actions.append('create')
         if self.check_mode:
             return dict(changed=True, actions=self.actions, reference_number=None, status=None,
@@ -115,7 +117,7 @@ class KsefTokenBackend(object):
         item = wait_for_status(self.session, created['referenceNumber'], ('Active',), params['max_wait'])
         result = dict(token_facts(item), changed=True, actions=self.actions)
         if item['status'] != 'Active':
-            result['warning'] = 'the token is %s, not Active yet' % item['status']
+            self.module.warn('the token is %s, not Active yet' % item['status'])
         if params['return_token']:
             result['token'] = secret
         return result

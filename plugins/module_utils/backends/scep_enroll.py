@@ -225,23 +225,23 @@ class ScepEnrollBackend(object):
         transaction_id = transaction_id_for(request_key.public_key())
         der = csr.public_bytes(serialization.Encoding.DER)
         rep = client.exchange(message_type, der, signer_key, signer_cert, transaction_id)
-        rep = self._wait(client, rep, signer_key, signer_cert, transaction_id, csr)
+        rep = self._wait(client, rep, signer_key, signer_cert, transaction_id, csr, message_type)
         pending = dict(transaction_id=transaction_id, message_type=message_type, request=der.hex(),
                        signer_certificate=certificate_pem(signer_cert), rekey=rekey, action=action,
                        started_at=utc_now_text())
         return self._finish(client, rep, signer_key, request_key, key, generated, new_key, pending, transaction_id)
 
-    def _wait(self, client, rep, signer_key, signer_cert, transaction_id, csr):
+    def _wait(self, client, rep, signer_key, signer_cert, transaction_id, csr, message_type):
         """Poll a PENDING reply ``poll_attempts`` times, ``poll_interval`` seconds apart."""
         params = self.module.params
         for dummy in range(params['poll_attempts']):
             if rep.status != STATUS_PENDING:
                 break
             time.sleep(params['poll_interval'])
-            rep = self._poll_once(client, signer_key, signer_cert, transaction_id, csr)
+            rep = self._poll_once(client, signer_key, signer_cert, transaction_id, csr, message_type)
         return rep
 
-    def _poll_once(self, client, signer_key, signer_cert, transaction_id, csr, message_type='PKCSReq'):
+    def _poll_once(self, client, signer_key, signer_cert, transaction_id, csr, message_type):
         data = issuer_and_subject(client.ca_certificates.issuer().subject, csr.subject)
         try:
             return client.exchange('CertPoll', data, signer_key, signer_cert, transaction_id)
@@ -262,7 +262,7 @@ class ScepEnrollBackend(object):
             new_key = self._pending_new_key()
             request_key = new_key
         rep = self._poll_once(client, key, signer_cert, pending['transaction_id'], csr, pending['message_type'])
-        rep = self._wait(client, rep, key, signer_cert, pending['transaction_id'], csr)
+        rep = self._wait(client, rep, key, signer_cert, pending['transaction_id'], csr, pending['message_type'])
         if rep.status == STATUS_FAILURE:
             # The CA rejected the pending request: forget it, so that the next run starts a new one.
             self._discard_new_key(new_key)
@@ -327,7 +327,7 @@ class ScepEnrollBackend(object):
 
     def _pending_new_key(self):
         if self.key_path is not None:
-            return load_private_key_file(self.key_path + '.new', None)
+            return load_private_key_file(self.key_path + '.new', self.module.params['private_key_passphrase'])
         session = self.key_source.session
         private = session.find_one(ObjectClass.PRIVATE_KEY, label=self._new_label())
         if private is None:
@@ -335,8 +335,11 @@ class ScepEnrollBackend(object):
         return token_private_key(self.key_source.token, session, private, matching_public_object(session, private))
 
     def _write_key(self, path, key):
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+        """PKCS#8 PEM, encrypted with private_key_passphrase when one is given (the next run loads it with it)."""
+        passphrase = self.module.params['private_key_passphrase']
+        encryption = (serialization.BestAvailableEncryption(passphrase.encode('utf-8')) if passphrase
+                      else serialization.NoEncryption())
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
         write_file(self.module, path, pem, 0o600, private_file_args(self.module, path))
 
     def _store_pending_key(self, key, generated, new_key):

@@ -92,7 +92,7 @@ class TokenInfoBackend(object):
             library.find_token(label=self.label, serial=self.serial)
         for slot, token in selected:
             result['tokens'].append(token_facts(library, slot, token))
-        if self.user_pin is not None or self.label is not None or self.serial is not None:
+        if self.user_pin or self.label is not None or self.serial is not None:
             token = library.find_token(label=self.label, serial=self.serial)
             facts = [f for f in result['tokens'] if f['serial'] == token_serial(token)][0]
             facts.update(self._objects(library, token))
@@ -104,7 +104,7 @@ class TokenInfoBackend(object):
         with TokenSession(library, token, user_pin=self.user_pin) as session:
             objects['certificates'] = sorted((certificate_object_facts(token, cert)
                                               for cert in session.find(ObjectClass.CERTIFICATE)), key=_by_label_and_id)
-            if self.user_pin is not None:
+            if self.user_pin:
                 objects['keys'] = sorted((key_facts(token, private, matching_public_object(session, private))
                                           for private in session.find(ObjectClass.PRIVATE_KEY)), key=_by_label_and_id)
         return objects

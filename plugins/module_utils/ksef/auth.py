@@ -17,6 +17,7 @@ import traceback
 from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.tokenfleet.pki.plugins.module_utils.ksef.client import KsefApiError, KsefError
+from ansible_collections.tokenfleet.pki.plugins.module_utils.signer import require_key_source_libraries
 from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import HAS_CRYPTOGRAPHY
 
 if HAS_CRYPTOGRAPHY:
@@ -36,9 +37,10 @@ else:
     SIGNXML_IMPORT_ERROR = None
 
 
-def require_signxml(module):
-    """Certificate authentication signs XAdES with signxml; say so clearly when it is missing."""
-    if not HAS_SIGNXML:
+def require_ksef_libraries(module):
+    """cryptography and the key's libraries; signxml for certificate authentication, which signs XAdES with it."""
+    require_key_source_libraries(module)
+    if module.params['auth_certificate_path'] and not HAS_SIGNXML:
         module.fail_json(msg=missing_required_lib('signxml and lxml (for auth_certificate_path)'),
                          exception=SIGNXML_IMPORT_ERROR)
 

@@ -42,7 +42,9 @@ def ksef_argument_spec():
     return spec
 
 
-KSEF_MUTUALLY_EXCLUSIVE = [('environment', 'api_url'), ('auth_token', 'auth_certificate_path')]
+# auth_token and auth_certificate_path are not exclusive: a KSEF_TOKEN in the environment must not block certificate
+# authentication, which takes precedence (open_session).
+KSEF_MUTUALLY_EXCLUSIVE = [('environment', 'api_url')]
 KSEF_REQUIRED_ONE_OF = [('environment', 'api_url'), ('auth_token', 'auth_certificate_path')]
 
 
@@ -52,10 +54,10 @@ def open_session(module):
     client = KsefClient(params['api_url'] or ENVIRONMENTS[params['environment']], params['timeout'],
                         params['validate_certs'], params['ca_path'], params['max_wait'])
     context = context_identifier(params['context'])
-    if params['auth_token']:
-        return KsefSession(client, context, ksef_token=params['auth_token'])
     if not params['auth_certificate_path']:
-        raise KsefError('give auth_token (or KSEF_TOKEN) or auth_certificate_path with its key; the KSeF token was empty')
+        if not params['auth_token']:
+            raise KsefError('give auth_token (or KSEF_TOKEN) or auth_certificate_path with its key; the KSeF token was empty')
+        return KsefSession(client, context, ksef_token=params['auth_token'])
     certificate = load_certificate(read_file(params['auth_certificate_path'], 'auth_certificate_path'),
                                    'auth_certificate_path %s' % params['auth_certificate_path'])
     return _CertificateAuthentication(client, context, certificate, KeySource(module))
