@@ -15,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import socket
 import string
 import subprocess
 import sys
@@ -68,6 +69,13 @@ def ensure_collection_link() -> str:
 def venv_tool(name: str) -> str:
     """Path of a console script installed next to the running Python (the .venv's)."""
     return os.path.join(os.path.dirname(sys.executable), name)
+
+
+def free_port() -> int:
+    """A TCP port that is free on all interfaces now (nothing listens there until someone binds it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(('', 0))
+        return sock.getsockname()[1]
 
 
 def ansible_env(base: dict[str, str] | None = None) -> dict[str, str]:

@@ -37,7 +37,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -48,6 +47,8 @@ import weakref
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
+from harness import free_port
 
 SCEPSERVER = 'scepserver'
 SCEPCLIENT = 'scepclient'
@@ -91,13 +92,6 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 def missing_tools() -> list[str]:
     """The micromdm binaries (and openssl) that are not on PATH."""
     return [tool for tool in (SCEPSERVER, SCEPCLIENT, 'openssl') if shutil.which(tool) is None]
-
-
-def free_port() -> int:
-    """A TCP port that is free on all interfaces now (scepserver binds ':<port>')."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(('', 0))
-        return sock.getsockname()[1]
 
 
 def _parse_openssl_time(value: str) -> datetime.datetime | None:

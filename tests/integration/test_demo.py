@@ -8,16 +8,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 
-from harness import REPO_ROOT, ansible_env, venv_tool
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
+from harness import REPO_ROOT, ansible_env, free_port, venv_tool
 
 
 def run_demo(demo_dir, workstations, printers, port, *extra):

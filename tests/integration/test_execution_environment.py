@@ -43,11 +43,13 @@ CREDENTIAL_TYPES = {
     'pkcs11_token.yml': {'PKCS11_MODULE', 'PKCS11_USER_PIN', 'PKCS11_SO_PIN'},
     'scep_challenge.yml': {'SCEP_CHALLENGE_PASSWORD'},
     'ksef_token.yml': {'KSEF_TOKEN'},
+    'device_pkcs12.yml': {'DEVICE_PKCS12_PASSPHRASE'},
 }
 # Variables the modules read that no credential type here injects (token_cert's .p12 password, see docs/awx.md).
 NOT_INJECTED = {'PKCS12_PASSPHRASE'}
 SECRET_WORDS = re.compile(r'PIN|PASSWORD|PASSPHRASE|TOKEN|SECRET', re.IGNORECASE)
 ENV_FALLBACK = re.compile(r'env_fallback,\s*\[([^\]]*)\]')
+ENV_LOOKUP = re.compile(r"lookup\('ansible\.builtin\.env', '(\w+)'\)")
 TEMPLATE = re.compile(r'^\{\{\s*(\w+)\s*\}\}$')
 COMMAND_TIMEOUT = 300
 
@@ -146,13 +148,13 @@ def test_ee_python_requirements_are_the_collections_without_upper_bounds():
 def test_ee_bindep_profiles():
     text = read(os.path.join(REPO_ROOT, 'meta', 'ee-bindep.txt'))
     # what ansible-builder's assemble installs: the default profile into the image, "compile" in the builder stage only
-    assert bindep_packages(text, ['default'] + RPM_PLATFORM) == {'opensc'}
-    assert bindep_packages(text, ['compile'] + RPM_PLATFORM) == {'opensc', 'gcc', 'python3-devel', 'redhat-rpm-config'}
-    assert bindep_packages(text, ['demo'] + RPM_PLATFORM) == {'opensc', 'softhsm'}
-    assert bindep_packages(text, ['compile', 'platform:rpm', 'platform:suse']) == {'opensc', 'gcc', 'python3-devel'}
-    assert bindep_packages(text, ['default'] + DPKG_PLATFORM) == {'opensc'}
-    assert bindep_packages(text, ['compile'] + DPKG_PLATFORM) == {'opensc', 'gcc', 'python3-dev'}
-    assert bindep_packages(text, ['demo'] + DPKG_PLATFORM) == {'opensc', 'softhsm2'}
+    assert bindep_packages(text, ['default'] + RPM_PLATFORM) == {'opensc', 'openssl'}
+    assert bindep_packages(text, ['compile'] + RPM_PLATFORM) == {'opensc', 'openssl', 'gcc', 'python3-devel', 'redhat-rpm-config'}
+    assert bindep_packages(text, ['demo'] + RPM_PLATFORM) == {'opensc', 'openssl', 'softhsm'}
+    assert bindep_packages(text, ['compile', 'platform:rpm', 'platform:suse']) == {'opensc', 'openssl', 'gcc', 'python3-devel'}
+    assert bindep_packages(text, ['default'] + DPKG_PLATFORM) == {'opensc', 'openssl'}
+    assert bindep_packages(text, ['compile'] + DPKG_PLATFORM) == {'opensc', 'openssl', 'gcc', 'python3-dev'}
+    assert bindep_packages(text, ['demo'] + DPKG_PLATFORM) == {'opensc', 'openssl', 'softhsm2'}
 
 
 def test_collection_tarball_carries_the_ee_metadata(collection_tarball):
@@ -232,7 +234,7 @@ def test_ansible_builder_create_with_the_collection(collection_tarball, tmp_path
     bindep_text = (src_dir / 'bindep.txt').read_text(encoding='utf-8')
     assert re.search(r'^opensc\s+# from collection tokenfleet\.pki$', bindep_text, re.M), bindep_text
     user_system = set(definition['dependencies'].get('system', []))
-    assert bindep_packages(bindep_text, ['default'] + RPM_PLATFORM) == {'opensc'} | user_system
+    assert bindep_packages(bindep_text, ['default'] + RPM_PLATFORM) == {'opensc', 'openssl'} | user_system
     assert {'gcc', 'python3-devel', 'redhat-rpm-config'} <= bindep_packages(bindep_text, ['compile'] + RPM_PLATFORM)
 
 
@@ -241,13 +243,17 @@ def test_ansible_builder_create_with_the_collection(collection_tarball, tmp_path
 
 
 def env_fallbacks() -> dict[str, list[str]]:
-    """Environment variable -> the plugin source lines that read it with env_fallback."""
+    """Environment variable -> the source lines that read it: env_fallback in plugins/, env lookups in role defaults."""
     found: dict[str, list[str]] = {}
     for path in sorted(glob.glob(os.path.join(REPO_ROOT, 'plugins', '**', '*.py'), recursive=True)):
         for line in read(path).splitlines():
             for match in ENV_FALLBACK.finditer(line):
                 for name in re.findall(r'[\'"](\w+)[\'"]', match.group(1)):
                     found.setdefault(name, []).append(line)
+    for path in sorted(glob.glob(os.path.join(REPO_ROOT, 'roles', '*', 'defaults', 'main.yml'))):
+        for line in read(path).splitlines():
+            for name in ENV_LOOKUP.findall(line):
+                found.setdefault(name, []).append(line)
     return found
 
 
@@ -256,7 +262,7 @@ def load_credential_type(name: str) -> dict:
 
 
 def test_the_modules_read_the_expected_variables():
-    """A rename in plugins/ (or a new env_fallback without a credential type) shows up here."""
+    """A rename in plugins/ or roles/ (or a new environment variable without a credential type) shows up here."""
     read_by_modules = set(env_fallbacks())
     injected = set().union(*CREDENTIAL_TYPES.values())
     assert injected <= read_by_modules, 'injected but read by no module: %s' % sorted(injected - read_by_modules)

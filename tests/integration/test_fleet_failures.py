@@ -15,8 +15,7 @@ import sys
 import yaml
 from cryptography import x509
 
-from harness import REPO_ROOT, random_pin, venv_tool
-from test_report import closed_port
+from harness import REPO_ROOT, free_port, random_pin, venv_tool
 
 PROVISION = [
     {'name': 'Workstations', 'hosts': 'workstations', 'gather_facts': False, 'roles': ['tokenfleet.pki.token_certificate']},
@@ -38,7 +37,7 @@ def load_json(path):
 def test_broken_hosts_fail_alone_and_the_report_says_why(micromdm, token, tmp_path):
     challenge = random_pin(32)
     server = micromdm(challenge=challenge)
-    broken_url = 'http://127.0.0.1:%d/scep' % closed_port()
+    broken_url = 'http://127.0.0.1:%d/scep' % free_port()
     common = dict(ansible_connection='local', ansible_python_interpreter=sys.executable)
     workstations = {
         'ws-good': dict(common, token_certificate_token_label=token['label'], token_certificate_user_pin=token['user'],

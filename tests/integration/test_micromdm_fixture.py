@@ -17,8 +17,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from harness import random_pin
-from micromdm import MicromdmScepServer, free_port, micromdm, run_scepclient  # noqa: F401  pylint: disable=unused-import
+from harness import free_port, random_pin
+from micromdm import MicromdmScepServer, micromdm, run_scepclient  # noqa: F401  pylint: disable=unused-import
 
 ENROLLMENTS_TIMED = 5
 

@@ -87,8 +87,9 @@ def test_a_failed_delivery_is_retried_by_the_next_run_without_a_new_request(micr
     try:
         factory = presented_certificate(printer.port)
         refused = printer_tasks([printer], server, challenge, passphrase, tmp_path, printer_admin_password='not-the-password')
-        first = run_playbook(refused)
+        first = run_playbook(refused, verbosity=3)
         assert first.rc != 0, first.output()
+        first.assert_not_leaked(challenge, passphrase, printer.admin_password, 'not-the-password')
         assert server.pkioperation_count() == 1
         issued = x509.load_pem_x509_certificate((tmp_path / 'mfp-1' / 'cert.pem').read_bytes())
         assert presented_certificate(printer.port) == factory

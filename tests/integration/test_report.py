@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 
 import pytest
@@ -28,19 +27,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from harness import REPO_ROOT, ansible_env, make_test_ca, venv_tool
+from harness import REPO_ROOT, ansible_env, free_port, make_test_ca, venv_tool
 
 PLAYBOOK = os.path.join(REPO_ROOT, 'playbooks', 'report.yml')
 SCREENSHOT_COPY = os.path.join(REPO_ROOT, '.tmp', 'report-test')
 CHROMIUM_TIMEOUT = 120
 TIME_FORMAT = '%Y-%m-%dT%H:%M:%SZ'
 HALF_DAY = datetime.timedelta(hours=12)
-
-
-def closed_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 def write_certificate(path, ca, common_name, not_after, organization='tokenfleet test'):
@@ -137,7 +130,7 @@ def fleet(tmp_path_factory):
     for host in workstations.values():
         host.update(ansible_connection='local', ansible_python_interpreter=venv_tool('python'))
     workstations['ws-unreachable'] = dict(
-        ansible_connection='ssh', ansible_host='127.0.0.1', ansible_port=closed_port(), ansible_user='nobody',
+        ansible_connection='ssh', ansible_host='127.0.0.1', ansible_port=free_port(), ansible_user='nobody',
         ansible_ssh_common_args='-o ConnectTimeout=5 -o BatchMode=yes -o StrictHostKeyChecking=no '
                                 '-o UserKnownHostsFile=/dev/null', token_certificate_path=str(tmp / 'unused.pem'))
     expected['ws-unreachable'] = 'missing'

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -127,3 +128,30 @@ def test_role_argument_specs_reject_missing_and_wrong_variables(run_playbook, ro
     assert len(failed) == 1 and failed[0]['task'].startswith("Validating arguments against arg spec 'main'")
     assert message in failed[0]['result']['msg']
     assert [record['task'] for record in run.results if record['changed']] == []
+
+
+def test_device_certificate_role_check_mode_delivers_nothing_and_an_empty_passphrase_is_refused(micromdm, run_playbook,
+                                                                                                  tmp_path):
+    challenge, passphrase = random_pin(32), random_pin(24)
+    server = micromdm(challenge=challenge)
+    variables = dict(device_certificate_scep_url=server.url, device_certificate_ca_fingerprint=server.ca_fingerprint_sha256,
+                     device_certificate_challenge_password=challenge, device_certificate_pkcs12_passphrase=passphrase,
+                     device_certificate_dir=str(tmp_path / 'keys'), device_certificate_out_dir=str(tmp_path / 'out'),
+                     device_certificate_common_name='192.0.2.15')
+    assert run_playbook([role_task('role', 'device_certificate', variables)]).rc == 0
+    bundle = tmp_path / 'out' / 'localhost' / 'bundle.p12'
+    delivered = bundle.read_bytes()
+
+    due = dict(variables, device_certificate_renew_before=400)
+    check = run_playbook([role_task('role', 'device_certificate', due)], check=True)
+    assert check.rc == 0, check.output()
+    assert changed_tasks(check) == ['Certificate for the device from the SCEP CA (enrolled, renewed or left alone)']
+    assert [record['task'] for record in check.results
+            if record['status'] != 'skipped' and record['task'].startswith(('Deliver', 'Copy', 'Put', 'PKCS#12'))] == []
+    assert bundle.read_bytes() == delivered and server.pkioperation_count() == 1
+
+    empty = run_playbook([role_task('role', 'device_certificate', dict(due, device_certificate_pkcs12_passphrase=''))])
+    assert empty.rc != 0
+    record = json.loads((tmp_path / 'keys' / 'cert.pem.error.json').read_text())
+    assert record['reason'] == 'device_certificate_pkcs12_passphrase (or DEVICE_PKCS12_PASSPHRASE) is empty', record
+    assert bundle.read_bytes() == delivered  # nothing packed without a passphrase

@@ -7,11 +7,12 @@ when everything is due, every host renews."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import pkcs12
 
 from harness import CALLBACK_DIR, RECORD_ENV, REPO_ROOT, random_pin, venv_tool
 
@@ -59,10 +60,15 @@ def test_rotation_makes_one_module_call_per_host_when_nothing_is_due(micromdm, t
     assert [record for record in quiet if record['changed']] == []
     assert server.pkioperation_count() == 2  # and nothing sent to the CA
 
+    bundle = tmp_path / 'out' / 'mfp-001' / 'bundle.p12'  # provisioning ran as localhost: its bundle is under out/localhost
+    assert not bundle.exists()
     due = rotate(token['hsm'], inventory, tmp_path, 'due', '-e', 'token_certificate_renew_before=400',
                  '-e', 'device_certificate_renew_before=400')
     # (the results are hidden by the roles' no_log; the CA's log and the files tell what happened)
     renewed = sorted(record['host'] for record in due if record['task'].startswith('Certificate') and record['changed'])
     assert renewed == ['mfp-001', 'ws-001']
     assert server.pkioperation_count() == 4
-    assert os.path.exists(tmp_path / 'out' / 'mfp-001' / 'bundle.p12')
+    # The printer got a bundle holding the renewed certificate.
+    dummy, packed, dummy2 = pkcs12.load_key_and_certificates(bundle.read_bytes(),
+                                                             printer['device_certificate_pkcs12_passphrase'].encode())
+    assert packed == x509.load_pem_x509_certificate((tmp_path / 'mfp-001' / 'cert.pem').read_bytes())
