@@ -52,7 +52,9 @@ options:
     type: bool
     default: false
   return_content:
-    description: Return the PEM request in RV(csr).
+    description:
+      - Return the PEM request in RV(csr).
+      - Refused together with O(challenge_password), which the request carries in clear.
     type: bool
     default: false
 notes:

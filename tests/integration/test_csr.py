@@ -179,6 +179,9 @@ BAD_INPUT = [
     (dict(key_label='k', so_pin='12345678'), "so_pin is not accepted: signing with a key is the user's act"),
     (dict(key_label='k', path='/nonexistent-dir/x.csr'), 'the directory of path (/nonexistent-dir) does not exist'),
     (dict(key_label='k', user_pin='{wrong}'), "the user PIN was rejected by token 'ws-001' (PIN incorrect)"),
+    (dict(key_label='k', challenge_password='{challenge}', return_content=True),
+     'return_content cannot be used with challenge_password: the request carries the password in clear, so returning '
+     'it would return the password; read the file instead'),
 ]
 
 
@@ -190,13 +193,17 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(token, run_playbook, tmp_
     args.update(options)
     if args.get('user_pin') == '{wrong}':
         args['user_pin'] = wrong
+    if args.get('challenge_password') == '{challenge}':
+        args['challenge_password'] = challenge = random_pin(24)
+    else:
+        challenge = wrong
     run = run_playbook([module_task('token_key', 'key', dict(token_args(token), label='k', type='ec')),
                         module_task('csr', 'bad', args)], verbosity=3)
     record = run.result('bad')
     assert record['status'] == 'failed'
     assert message in record['result']['msg']
     assert not path.exists()
-    run.assert_not_leaked(token['user'], wrong)
+    run.assert_not_leaked(token['user'], wrong, challenge)
 
 
 def test_digest_is_refused_for_ed25519_and_wrong_passphrase_for_file(token, run_playbook, tmp_path, key_file):

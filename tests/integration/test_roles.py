@@ -130,8 +130,8 @@ def test_role_argument_specs_reject_missing_and_wrong_variables(run_playbook, ro
     assert [record['task'] for record in run.results if record['changed']] == []
 
 
-def test_device_certificate_role_check_mode_delivers_nothing_and_an_empty_passphrase_is_refused(micromdm, run_playbook,
-                                                                                                  tmp_path):
+def test_device_certificate_role_check_mode_delivers_nothing_and_an_empty_passphrase_is_refused(
+        micromdm, run_playbook, tmp_path):
     challenge, passphrase = random_pin(32), random_pin(24)
     server = micromdm(challenge=challenge)
     variables = dict(device_certificate_scep_url=server.url, device_certificate_ca_fingerprint=server.ca_fingerprint_sha256,

@@ -29,6 +29,10 @@ class CsrBackend(object):
         self.path = params['path']
         self.state = params['state']
         check_parent_directory(self.path, 'path')
+        if params['return_content'] and params.get('challenge_password'):
+            # Base64 inside the PEM, the password would escape Ansible's no_log masking.
+            raise RequestError('return_content cannot be used with challenge_password: the request carries the '
+                               'password in clear, so returning it would return the password; read the file instead')
         self.spec = RequestSpec(params) if self.state == 'present' else None
         self.key_source = KeySource(module) if self.state == 'present' else None
         self.check_mode = module.check_mode
