@@ -1,6 +1,6 @@
 # Makefile for the tokenfleet.pki collection: set-up, tests and demo.
 #
-#   make deps          Debian packages, .venv with the Python requirements, collection link
+#   make deps          Debian packages, .venv with the Python requirements, collection link, step-ca for the tests
 #   make sanity        ansible-test sanity (no Docker), see tests/utils/run_sanity.py
 #   make units         pytest tests/unit
 #   make integration   pytest tests/integration (SoftHSM2, OpenSC, scep, certmonger)
@@ -22,7 +22,11 @@ VENV := .venv
 DEPS_STAMP := $(VENV)/.requirements.stamp
 COLLECTIONS_ROOT := $(CURDIR)/.tmp/collections
 COLLECTION_LINK := .tmp/collections/ansible_collections/tokenfleet/pki
-DEBIAN_PACKAGES := softhsm2 opensc scep certmonger git chromium openssl openssh-client
+DEBIAN_PACKAGES := softhsm2 opensc scep certmonger git chromium openssl openssh-client \
+  golang-go golang-github-smallstep-certificates-dev
+STEPCA_BIN := .tmp/stepca/step-ca
+STEPCA_MAIN := tests/stepca/main.go
+STEPCA_PACKAGE := golang-github-smallstep-certificates-dev
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 SANITY_ARGS ?=
 PYTEST_ARGS ?=
@@ -40,7 +44,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS_ROOT)
 help:
 	@sed -n 's/^#   make /  make /p' $(firstword $(MAKEFILE_LIST))
 
-deps: debian-packages $(DEPS_STAMP) $(COLLECTION_LINK)
+deps: debian-packages $(DEPS_STAMP) $(COLLECTION_LINK) $(STEPCA_BIN)
 
 # Installs what is missing only; "apt-get update" runs first because a fresh
 # machine has no package lists. python3-venv is needed where python3 is Debian's
@@ -70,6 +74,21 @@ $(DEPS_STAMP): requirements.txt tests/requirements.txt
 $(COLLECTION_LINK):
 	@mkdir -p $(dir $@)
 	ln -sfn ../../../.. $@
+
+# step-ca, the second real CA of the integration tests (tests/integration/stepca.py). Debian ships smallstep's
+# CA as a library only, its Go dependencies as Debian packages: our own main package is built against them
+# offline, once per checkout, again when main.go changes or the library package is installed or upgraded
+# (its dpkg file list is rewritten then). CGO_ENABLED=0: a static binary and no C compiler needed (the
+# PKCS#11 and YubiKey key managers, which need cgo, are not used: the CA key is a file). Without HOME go
+# turns its build cache off and cannot build: then the cache goes under .tmp/stepca.
+$(STEPCA_BIN): $(STEPCA_MAIN) $(wildcard /var/lib/dpkg/info/$(STEPCA_PACKAGE).list) | debian-packages
+	@mkdir -p $(dir $@)
+	@[ "$$(go env GOCACHE)" != off ] || export GOCACHE=$(CURDIR)/.tmp/stepca/go-build; \
+	version=$$(dpkg-query -W -f='$${Version}' $(STEPCA_PACKAGE)); \
+	echo "Building step-ca $$version from $(STEPCA_MAIN) (offline, Debian's Go packages)"; \
+	cd $(dir $(STEPCA_MAIN)) && GOPATH=/usr/share/gocode GO111MODULE=off GOPROXY=off GOFLAGS= CGO_ENABLED=0 \
+	  go build -trimpath -ldflags "-X main.version=$$version" -o $(CURDIR)/$@.partial .
+	@mv $@.partial $@
 
 sanity: deps
 	$(VENV)/bin/python tests/utils/run_sanity.py $(SANITY_ARGS)

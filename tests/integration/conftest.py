@@ -12,7 +12,7 @@ import pytest
 
 from harness import SOFTHSM_MODULE, PlaybookRunner, SoftHSM, make_test_ca, random_pin
 
-pytest_plugins = ['micromdm']
+pytest_plugins = ['micromdm', 'stepca']
 
 
 def _missing_tools() -> list[str]:

@@ -9,12 +9,14 @@ The fixtures in ``conftest.py`` wrap these classes; tests import the helpers dir
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import datetime
 import json
 import os
 import re
 import secrets
+import signal
 import socket
 import string
 import subprocess
@@ -76,6 +78,19 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(('', 0))
         return sock.getsockname()[1]
+
+
+def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """``preexec_fn`` for test servers: Linux sends the child SIGTERM when the Python process that started it dies.
+
+    prctl(PR_SET_PDEATHSIG) fires when the *thread* that forked exits, so servers must be started
+    from a thread that lives as long as they do (pytest runs tests in the main thread).
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def ansible_env(base: dict[str, str] | None = None) -> dict[str, str]:

@@ -27,7 +27,6 @@ Fixture: ``micromdm`` (factory, see its docstring). conftest.py can re-export it
 from __future__ import annotations
 
 import atexit
-import ctypes
 import dataclasses
 import datetime
 import hashlib
@@ -36,7 +35,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -48,7 +46,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from harness import free_port
+from harness import die_with_parent, free_port
 
 SCEPSERVER = 'scepserver'
 SCEPCLIENT = 'scepclient'
@@ -74,19 +72,6 @@ def _stop_leftovers() -> None:
     """Last resort if a fixture teardown never ran (e.g. the interpreter is exiting on an error)."""
     for server in list(_RUNNING):
         server.stop()
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to send SIGTERM to scepserver when the Python process that started it dies.
-
-    prctl(PR_SET_PDEATHSIG) fires when the *thread* that forked exits, so servers must be started
-    from a thread that lives as long as they do (pytest runs tests in the main thread).
-    """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def missing_tools() -> list[str]:
@@ -256,7 +241,7 @@ class MicromdmScepServer:
         self._log_file = open(self.log_path, 'ab')  # pylint: disable=consider-using-with
         kwargs: dict[str, t.Any] = {}
         if sys.platform.startswith('linux'):
-            kwargs['preexec_fn'] = _die_with_parent
+            kwargs['preexec_fn'] = die_with_parent
         self.process = subprocess.Popen(  # pylint: disable=consider-using-with
             self.command(), cwd=self.directory, stdin=subprocess.DEVNULL, stdout=self._log_file,
             stderr=subprocess.STDOUT, **kwargs)
