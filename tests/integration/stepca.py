@@ -242,20 +242,17 @@ class StepCaServer:
         challenge: str | None = None,
         lifetime: datetime.timedelta | None = None,
         include_root: bool = False,
-        encryption_algorithm: int = 0,
         provisioner: str = PROVISIONER,
         start_timeout: float = START_TIMEOUT,
         stop_timeout: float = STOP_TIMEOUT,
     ) -> None:
         """``challenge``: random (32 letters and digits) unless given; ``lifetime``: step-ca's 24 h unless given;
-        ``encryption_algorithm``: the provisioner's ``encryptionAlgorithmIdentifier`` for its replies
-        (0 DES-CBC, step-ca's default; 1 AES-128-CBC, 2 AES-256-CBC, 3 AES-128-GCM, 4 AES-256-GCM)."""
+        ``include_root``: the provisioner's ``includeRoot`` (GetCACert sends the root after the intermediate)."""
         self.directory = os.fspath(directory)
         self.pki = pki
         self.challenge = random_pin(32) if challenge is None else challenge
         self.lifetime = lifetime
         self.include_root = include_root
-        self.encryption_algorithm = encryption_algorithm
         self.provisioner = provisioner
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
@@ -301,7 +298,6 @@ class StepCaServer:
             'name': self.provisioner,
             'challenge': self.challenge,
             'minimumPublicKeyLength': 2048,
-            'encryptionAlgorithmIdentifier': self.encryption_algorithm,
         }
         if self.include_root:
             provisioner['includeRoot'] = True
@@ -518,7 +514,7 @@ def stepca_pki(tmp_path_factory) -> StepCaPki:
 
 @pytest.fixture
 def stepca(tmp_path, stepca_pki) -> t.Iterator[t.Callable[..., StepCaServer]]:
-    """Factory ``stepca(challenge=None, lifetime=None, include_root=False, encryption_algorithm=0, provisioner='tokenfleet')``.
+    """Factory ``stepca(challenge=None, lifetime=None, include_root=False, provisioner='tokenfleet')``.
 
     Returns a started StepCaServer under ``<tmp>/stepca[-N]`` with the session's PKI (``stepca_pki``), a
     random challenge unless given and 24-hour certificates unless ``lifetime`` (a timedelta) is given;

@@ -103,7 +103,8 @@ def test_getcacaps_getcacert_and_the_api(stepca):
     assert [(p['type'], p['name']) for p in provisioners] == [('SCEP', 'tokenfleet')]  # no JWK, ACME, ...
     assert server.challenge not in json.dumps(provisioners)
 
-    with_root = stepca(include_root=True)
+    with_root = stepca(include_root=True, provisioner='printers')
+    assert with_root.url == 'http://127.0.0.1:%d/scep/printers' % with_root.http_port
     content_type, body = with_root.request('GetCACert')
     assert content_type == 'application/x-x509-ca-ra-cert'
     # a degenerate PKCS#7 (certs-only SignedData); step-ca does not sort the SET, so asn1crypto rather than cryptography
