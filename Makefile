@@ -3,7 +3,7 @@
 #   make deps          Debian packages, .venv with the Python requirements, collection link, step-ca for the tests
 #   make sanity        ansible-test sanity (no Docker), see tests/utils/run_sanity.py
 #   make units         pytest tests/unit
-#   make integration   pytest tests/integration (SoftHSM2, OpenSC, scep, certmonger)
+#   make integration   pytest tests/integration (SoftHSM2, OpenSC, scep, certmonger, step-ca)
 #   make test          deps + sanity + units + integration, with a summary
 #   make demo          deps, then playbooks/demo.yml against playbooks/inventory/demo.yml
 #   make bench         scep_enroll against micromdm's scepclient, then rotate.yml over 100 hosts against the ping floor
