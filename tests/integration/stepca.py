@@ -27,6 +27,11 @@ certificate (``certificate``: base64 DER, with ``serial``, ``valid-from``, ``val
 rejection carries ``error`` (e.g. ``wrong password provided``). ``issued()`` reads the certificates
 from there, ``pkioperation_count()`` the requests.
 
+step-ca logs no SCEP message type. With ``record=True`` the server's ``url`` points at a small
+recording proxy (plain HTTP on 127.0.0.1, a thread of the test process) in front of step-ca's HTTP
+port, and ``pki_messages()`` reads messageType and transactionID from the signed attributes of each
+request (readable without decrypting), e.g. to tell a RenewalReq from a PKCSReq.
+
 Fixtures: ``stepca_pki`` (session) and ``stepca`` (factory, see its docstring); conftest.py registers
 this module in ``pytest_plugins``.
 """
@@ -39,12 +44,14 @@ import dataclasses
 import datetime
 import hashlib
 import http.client
+import http.server
 import json
 import os
 import shutil
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import typing as t
 import urllib.parse
@@ -52,6 +59,7 @@ import urllib.request
 import weakref
 
 import pytest
+from asn1crypto import cms, core
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -73,6 +81,12 @@ START_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0
 """Seconds to wait after SIGTERM (and again after SIGKILL) for step-ca to exit."""
 PORT_ATTEMPTS = 5
+
+PROXY_UPSTREAM_TIMEOUT = 60.0
+"""Seconds the recording proxy waits for step-ca's answer."""
+MESSAGE_TYPES = {'3': 'CertRep', '17': 'RenewalReq', '19': 'PKCSReq', '20': 'CertPoll', '21': 'GetCert', '22': 'GetCRL'}
+OID_MESSAGE_TYPE = '2.16.840.1.113733.1.9.2'
+OID_TRANSACTION_ID = '2.16.840.1.113733.1.9.7'
 
 _RUNNING: weakref.WeakSet = weakref.WeakSet()
 # the server is local: never send its requests through an http_proxy from the environment
@@ -222,6 +236,89 @@ class IssuedCertificate:
     certificate: x509.Certificate
 
 
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    """Forwards one request to step-ca, keeping a copy of each PKIOperation request (bodies sent with Content-Length)."""
+
+    server: RecordingProxy
+
+    def do_GET(self) -> None:  # pylint: disable=invalid-name
+        self._forward()
+
+    do_POST = do_GET
+
+    def _forward(self) -> None:
+        length = int(self.headers.get('Content-Length') or 0)
+        body = self.rfile.read(length) if length else b''
+        if urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get('operation') == ['PKIOperation']:
+            with self.server.lock:
+                self.server.recorded.append((self.command, self.path, body))
+        headers = {'Content-Type': self.headers['Content-Type']} if self.headers.get('Content-Type') else {}
+        upstream = http.client.HTTPConnection('127.0.0.1', self.server.upstream_port, timeout=PROXY_UPSTREAM_TIMEOUT)
+        try:
+            upstream.request(self.command, self.path, body=body if self.command == 'POST' else None, headers=headers)
+            response = upstream.getresponse()
+            data = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self.send_error(502, 'step-ca did not answer the recording proxy: %s' % exc)
+            return
+        finally:
+            upstream.close()
+        self.send_response(response.status, response.reason)
+        if response.getheader('Content-Type'):
+            self.send_header('Content-Type', response.getheader('Content-Type'))
+        self.send_header('Content-Length', str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: t.Any) -> None:  # pylint: disable=redefined-builtin
+        """Quiet: step-ca's own log has every request."""
+
+
+class RecordingProxy(http.server.ThreadingHTTPServer):
+    """Plain HTTP on 127.0.0.1:<a port the kernel picks> in front of step-ca's HTTP port (see the module docstring).
+
+    Appends ``(method, path, body)`` of each PKIOperation request to ``recorded`` (under ``lock``).
+    """
+
+    daemon_threads = True
+
+    def __init__(self, upstream_port: int, recorded: list[tuple[str, str, bytes]], lock: threading.Lock) -> None:
+        super().__init__(('127.0.0.1', 0), _ProxyHandler)
+        self.upstream_port = upstream_port
+        self.recorded = recorded
+        self.lock = lock
+        self._thread = threading.Thread(target=self.serve_forever, kwargs=dict(poll_interval=0.1), daemon=True)
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+        self._thread.join(timeout=STOP_TIMEOUT)
+
+
+def pki_message_attributes(body: bytes) -> dict[str, str]:
+    """``{'message_type': 'PKCSReq (19)', 'transaction_id': ...}`` from a pkiMessage's signed attributes.
+
+    A body that is no SignedData with those attributes gives ``message_type`` ``'unparsable'``.
+    """
+    found = dict(message_type='', transaction_id='')
+    try:
+        for attribute in cms.ContentInfo.load(body)['content']['signer_infos'][0]['signed_attrs']:
+            oid, value = attribute['type'].dotted, attribute['values'][0]
+            if oid == OID_MESSAGE_TYPE:
+                number = value.parse(core.PrintableString).native
+                found['message_type'] = '%s (%s)' % (MESSAGE_TYPES.get(number, 'unknown'), number)
+            elif oid == OID_TRANSACTION_ID:
+                found['transaction_id'] = value.parse(core.PrintableString).native
+    except (ValueError, TypeError, KeyError, IndexError):
+        return dict(message_type='unparsable', transaction_id='')
+    return found if found['message_type'] else dict(found, message_type='unparsable')
+
+
 def missing_tools() -> list[str]:
     """The step-ca binary (and openssl) if missing."""
     missing = [] if os.access(STEPCA_BINARY, os.X_OK) else [STEPCA_BINARY]
@@ -243,17 +340,23 @@ class StepCaServer:
         lifetime: datetime.timedelta | None = None,
         include_root: bool = False,
         provisioner: str = PROVISIONER,
+        record: bool = False,
         start_timeout: float = START_TIMEOUT,
         stop_timeout: float = STOP_TIMEOUT,
     ) -> None:
         """``challenge``: random (32 letters and digits) unless given; ``lifetime``: step-ca's 24 h unless given;
-        ``include_root``: the provisioner's ``includeRoot`` (GetCACert sends the root after the intermediate)."""
+        ``include_root``: the provisioner's ``includeRoot`` (GetCACert sends the root after the intermediate);
+        ``record``: ``url`` goes through a RecordingProxy (a new port at each start), for pki_messages()."""
         self.directory = os.fspath(directory)
         self.pki = pki
         self.challenge = random_pin(32) if challenge is None else challenge
         self.lifetime = lifetime
         self.include_root = include_root
         self.provisioner = provisioner
+        self.record = record
+        self.proxy: RecordingProxy | None = None
+        self._recorded: list[tuple[str, str, bytes]] = []
+        self._recorded_lock = threading.Lock()
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.steppath = os.path.join(self.directory, 'step')
@@ -331,10 +434,20 @@ class StepCaServer:
 
     @property
     def url(self) -> str:
-        """The SCEP URL on the plain HTTP port: ``http://127.0.0.1:<port>/scep/<provisioner>``."""
+        """The SCEP URL for clients: ``direct_url``, or the recording proxy's while ``record`` is on."""
+        if self.proxy is not None:
+            return self._scep_url(self.proxy.port)
+        return self.direct_url
+
+    @property
+    def direct_url(self) -> str:
+        """The SCEP URL on step-ca's plain HTTP port: ``http://127.0.0.1:<port>/scep/<provisioner>``."""
         if self.http_port is None:
             raise RuntimeError('step-ca has not been started')
-        return 'http://127.0.0.1:%d/scep/%s' % (self.http_port, urllib.parse.quote(self.provisioner, safe=''))
+        return self._scep_url(self.http_port)
+
+    def _scep_url(self, port: int) -> str:
+        return 'http://127.0.0.1:%d/scep/%s' % (port, urllib.parse.quote(self.provisioner, safe=''))
 
     @property
     def https_url(self) -> str:
@@ -366,6 +479,8 @@ class StepCaServer:
             self._spawn()
             failure = self._wait_ready()
             if failure is None:
+                if self.record:
+                    self.proxy = RecordingProxy(self.http_port, self._recorded, self._recorded_lock)
                 return self
             self.stop()
             log = self.log_text()[log_offset:]
@@ -397,7 +512,7 @@ class StepCaServer:
             if self.process.poll() is not None:
                 return 'exited with status %s' % self.process.returncode
             try:
-                caps = self.get('GetCACaps', timeout=1.0)
+                caps = self._open(self.direct_url + '?operation=GetCACaps', timeout=1.0)[1]
                 health = self.https_get('/health', timeout=1.0)
                 if b'POSTPKIOperation' in caps and b'"ok"' in health:
                     return None
@@ -409,9 +524,12 @@ class StepCaServer:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        """Terminate step-ca: SIGTERM, then SIGKILL if it has not exited after stop_timeout. Idempotent."""
+        """Stop the proxy; terminate step-ca: SIGTERM, then SIGKILL if it has not exited after stop_timeout. Idempotent."""
         process, self.process = self.process, None
+        proxy, self.proxy = self.proxy, None
         try:
+            if proxy is not None:
+                proxy.stop()
             if process is not None and process.poll() is None:
                 process.terminate()
                 try:
@@ -437,7 +555,11 @@ class StepCaServer:
                 timeout: float = 5.0) -> tuple[str, bytes]:
         """A plain SCEP request to ``url``; returns (Content-Type, body); raises on HTTP errors."""
         headers = {} if body is None else {'Content-Type': 'application/x-pki-message'}
-        request = urllib.request.Request(self.url + '?operation=' + operation, data=body, method=method, headers=headers)
+        return self._open(urllib.request.Request(self.url + '?operation=' + operation, data=body, method=method,
+                                                 headers=headers), timeout)
+
+    @staticmethod
+    def _open(request: urllib.request.Request | str, timeout: float) -> tuple[str, bytes]:
         with _NO_PROXY.open(request, timeout=timeout) as response:
             return response.headers.get('Content-Type', ''), response.read()
 
@@ -501,6 +623,14 @@ class StepCaServer:
     def issued_count(self) -> int:
         return len(self.issued())
 
+    def pki_messages(self) -> list[dict[str, str]]:
+        """The POST PKIOperation requests that went through the recording proxy, in order (see pki_message_attributes())."""
+        if not self.record:
+            raise RuntimeError('start the server with record=True to see its pkiMessages')
+        with self._recorded_lock:
+            recorded = list(self._recorded)
+        return [pki_message_attributes(body) for method, dummy, body in recorded if method == 'POST']
+
     def errors(self) -> list[str]:
         """The ``error`` of every request that had one (e.g. ``wrong password provided``)."""
         return [str(record['error']) for record in self.log_records() if record.get('error')]
@@ -514,7 +644,7 @@ def stepca_pki(tmp_path_factory) -> StepCaPki:
 
 @pytest.fixture
 def stepca(tmp_path, stepca_pki) -> t.Iterator[t.Callable[..., StepCaServer]]:
-    """Factory ``stepca(challenge=None, lifetime=None, include_root=False, provisioner='tokenfleet')``.
+    """Factory ``stepca(challenge=None, lifetime=None, include_root=False, provisioner='tokenfleet', record=False)``.
 
     Returns a started StepCaServer under ``<tmp>/stepca[-N]`` with the session's PKI (``stepca_pki``), a
     random challenge unless given and 24-hour certificates unless ``lifetime`` (a timedelta) is given;

@@ -194,6 +194,33 @@ def test_pkioperation_count_is_exact(stepca):
     assert server.issued() == []
 
 
+def test_recording_proxy_tells_renewalreq_from_pkcsreq(stepca, tmp_path):
+    """With record=True the SCEP URL goes through the proxy; scepclient 2.1.0 renews with RenewalReq once it has a certificate."""
+    server = stepca(record=True)
+    assert server.url == 'http://127.0.0.1:%d/scep/tokenfleet' % server.proxy.port != server.direct_url
+    serials = []
+    for dummy in range(2):
+        run = run_scepclient(server, tmp_path / 'client', cn='ws03.example.com', challenge=server.challenge,
+                             ca_fingerprint=server.pki.intermediate_fingerprint_hex)
+        assert run.returncode == 0, run.output
+        serials.append(x509.load_pem_x509_certificate((tmp_path / 'client' / 'client.pem').read_bytes()).serial_number)
+    messages = server.pki_messages()
+    assert [message['message_type'] for message in messages] == ['PKCSReq (19)', 'RenewalReq (17)']
+    assert all(message['transaction_id'] for message in messages)
+    assert [entry.serial for entry in server.issued()] == serials and serials[0] != serials[1]
+    assert server.pkioperation_count() == 2
+    # a request that is no pkiMessage is recorded (and counted by step-ca) as well
+    with pytest.raises(urllib.error.HTTPError):
+        server.request('PKIOperation', method='POST', body=b'garbage')
+    assert server.pki_messages()[2:] == [dict(message_type='unparsable', transaction_id='')]
+    assert server.pkioperation_count() == 3
+    proxy_port = server.proxy.port
+    server.stop()
+    with pytest.raises(OSError):
+        socket.create_connection(('127.0.0.1', proxy_port), timeout=2).close()
+    assert len(server.pki_messages()) == 3  # kept after the stop
+
+
 def test_scep_enroll_with_a_file_key_pinned_to_the_intermediate(stepca, run_playbook, tmp_path):
     """tokenfleet.pki.scep_enroll as it is today: an RSA key file, ca_certificate_path = the intermediate."""
     server = stepca()
