@@ -643,7 +643,7 @@ def stepca_pki(tmp_path_factory) -> StepCaPki:
 
 
 @pytest.fixture
-def stepca(tmp_path, stepca_pki) -> t.Iterator[t.Callable[..., StepCaServer]]:
+def stepca(tmp_path, stepca_pki) -> t.Iterator[t.Callable[..., StepCaServer]]:  # pylint: disable=redefined-outer-name
     """Factory ``stepca(challenge=None, lifetime=None, include_root=False, provisioner='tokenfleet', record=False)``.
 
     Returns a started StepCaServer under ``<tmp>/stepca[-N]`` with the session's PKI (``stepca_pki``), a
