@@ -18,10 +18,12 @@ description:
     pinned CA or an RA certificate for signing, with this request's transaction id, nonce and message digest. What
     counts as an RA certificate is described at O(ra_fingerprint); a certificate the CA issued to some device is never
     one. A reply signed by any other certificate is refused with a message naming its signer, and nothing is written.
-  - The server's capabilities (GetCACaps) choose the algorithms. When GetCACaps fails (HTTP error, no connection, an
-    empty answer or one that is not a list of capabilities) the run fails rather than fall back to SHA-1 and 3DES,
-    unless both O(signature_algorithm) and O(encryption_algorithm) are set; then the run goes on with those and sends
-    its requests by HTTP GET, the RFC 8894 default for a server whose capabilities are unknown.
+  - The server's capabilities (GetCACaps) choose the algorithms. When GetCACaps fails (HTTP error, a connection broken
+    off, an empty answer or one that is not a list of capabilities) the run fails rather than fall back to SHA-1 and
+    3DES, unless both O(signature_algorithm) and O(encryption_algorithm) are set; then the run goes on with those and
+    sends its requests by HTTP GET, the RFC 8894 default for a server whose capabilities are unknown (old NDES closes
+    the connection on GetCACaps but takes GET). A server that refuses the connection or does not answer within
+    O(timeout) fails the run in any case.
   - A request the CA keeps PENDING is remembered in O(state_path); the next run polls that transaction instead of
     starting a new one.
   - Nothing on the host changes unless the server answered SUCCESS or PENDING; a new key or certificate is written

@@ -60,8 +60,12 @@ class ScepHttpError(ScepError):
         self.status = status
 
 
+class ScepUnreachable(ScepError):
+    """No answer at all: connection refused, or the run's timeout spent."""
+
+
 class ScepCapsError(ScepError):
-    """GetCACaps gave no usable answer (HTTP error, connection error, empty or not a list of keywords)."""
+    """GetCACaps gave no usable answer (HTTP error, broken connection, empty or not a list of keywords)."""
 
 
 def parse_caps(data):
@@ -100,7 +104,7 @@ class ScepTransport(object):
         self.requests = []
 
     def _timed_out(self, operation):
-        return ScepError('communication error: no complete answer from %s within the timeout of %s seconds (%s)'
+        return ScepUnreachable('communication error: no complete answer from %s within the timeout of %s seconds (%s)'
                          % (self.where, self.timeout, operation))
 
     def _request(self, operation, message=None, body=None, limit=MAX_RESPONSE):
@@ -141,17 +145,20 @@ class ScepTransport(object):
             if isinstance(reason, (socket.timeout, TimeoutError)):
                 raise self._timed_out(operation)
             if isinstance(reason, ConnectionRefusedError):
-                raise ScepError('communication error: connection to %s refused (is the SCEP server running?)' % where)
+                raise ScepUnreachable('communication error: connection to %s refused (is the SCEP server running?)' % where)
             raise ScepError('communication error with %s: %s' % (where, server_text(reason)))
         except (OSError, ValueError) as exc:
             raise ScepError('communication error with %s: %s' % (where, server_text(exc)))
         return content_type, data
 
     def get_ca_caps(self, ca_identifier=None):
-        """The server's capabilities; ScepCapsError when it gives none (RFC 8894 would fall back to SHA-1/3DES/GET)."""
+        """The server's capabilities; ScepCapsError when it gives none (RFC 8894 would fall back to SHA-1/3DES/GET).
+
+        An unreachable server (refused, timeout) is reported as such, not as missing capabilities.
+        """
         try:
             dummy, data = self._request('GetCACaps', ca_identifier, limit=MAX_CAPS_RESPONSE)
-        except ScepCapsError:
+        except (ScepCapsError, ScepUnreachable):
             raise
         except (ScepError, AnswerTooLarge) as exc:
             raise ScepCapsError(str(exc))
