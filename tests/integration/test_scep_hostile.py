@@ -14,18 +14,25 @@
 
 from __future__ import annotations
 
+import http.server
 import os
+import subprocess
 import sys
+import threading
+import urllib.error
+import urllib.request
 
 import pytest
-from cryptography.hazmat.primitives import hashes
+from asn1crypto import cms
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from fixtures_scep import scep_ca, wait_for  # noqa: F401  pylint: disable=unused-import
 from harness import REPO_ROOT, module_task, random_pin
 
 sys.path.insert(0, os.path.join(REPO_ROOT, 'tests', 'fakes'))
-from scep_responder import FakeScepServer, issue_certificate  # noqa: E402  pylint: disable=wrong-import-position,import-error
+from scep_responder import FakeScepServer, degenerate_signed_data, issue_certificate  # noqa: E402  pylint: disable=wrong-import-position,import-error
 
 PKCSREQ = 19
 CLIENT_AUTH = ExtendedKeyUsageOID.CLIENT_AUTH.dotted_string
@@ -176,6 +183,99 @@ def test_with_ra_fingerprint_an_unpinned_ra_is_not_trusted(fake, run_playbook, t
     assert recipients(server) == [[server.ca_cert.serial_number]]
     assert run.result('enroll')['result']['msg'].startswith('the SCEP server rejected the request: FAILURE 1 (badMessageCheck')
     assert written(tmp_path) == []
+
+
+class RogueProxy:
+    """In front of a real micromdm scepserver on 127.0.0.1: GetCACert answers [CA, rogue certificate], the rest is
+    passed through; records the recipients (serial numbers) of every PKIOperation envelope it forwards."""
+
+    def __init__(self, upstream, rogue_certificate):
+        self.upstream = upstream
+        self.ca_ra = degenerate_signed_data([upstream.ca_certificate, rogue_certificate])
+        self.recipients = []
+        self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            timeout = 30
+
+            def log_message(self, *args):  # pylint: disable=arguments-differ
+                pass
+
+            def do_GET(self):  # pylint: disable=invalid-name
+                self.forward(None)
+
+            def do_POST(self):  # pylint: disable=invalid-name
+                self.forward(self.rfile.read(int(self.headers.get('Content-Length') or 0)))
+
+            def forward(self, body):
+                if 'operation=GetCACert' in self.path:
+                    self.answer(200, 'application/x-x509-ca-ra-cert', proxy.ca_ra)
+                    return
+                if body is not None and 'operation=PKIOperation' in self.path:
+                    proxy.record(body)
+                request = urllib.request.Request('http://127.0.0.1:%d%s' % (upstream.port, self.path), data=body,
+                                                 method=self.command, headers={'Content-Type': 'application/x-pki-message'})
+                try:
+                    with proxy.opener.open(request, timeout=20) as response:
+                        self.answer(response.status, response.headers.get('Content-Type', ''), response.read())
+                except urllib.error.HTTPError as exc:
+                    self.answer(exc.code, 'text/plain', exc.read())
+
+            def answer(self, status, content_type, data):
+                self.send_response(status)
+                self.send_header('Content-Type', content_type)
+                self.send_header('Content-Length', str(len(data)))
+                self.send_header('Connection', 'close')
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={'poll_interval': 0.1}, daemon=True)
+
+    def record(self, body):
+        enveloped = cms.ContentInfo.load(cms.ContentInfo.load(body)['content']['encap_content_info']['content'].native)
+        self.recipients.append([info.chosen['rid'].chosen['serial_number'].native
+                                for info in enveloped['content']['recipient_infos']])
+
+    @property
+    def url(self):
+        return 'http://127.0.0.1:%d/scep' % self.httpd.server_address[1]
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(10)
+
+
+def test_micromdm_a_device_certificate_in_get_ca_cert_never_receives_the_request(micromdm, run_playbook, tmp_path):
+    """A real CA: micromdm decrypts only what is encrypted to its CA; the device certificate is one its CA issued."""
+    challenge = random_pin(32)
+    server = micromdm(challenge=challenge, allowrenew=0)
+    # scepserver 2.1.0 writes its CA key 3DES-encrypted with an empty password, which only openssl reads
+    plain = subprocess.run(['openssl', 'rsa', '-in', os.path.join(server.depot, 'ca.key'), '-passin', 'pass:'],
+                           capture_output=True, check=True, timeout=30).stdout
+    ca_key = serialization.load_pem_private_key(plain, None)
+    dummy, device = issue_certificate(ca_key, server.ca_certificate, ROGUE_CN, eku=[CLIENT_AUTH])
+    with RogueProxy(server, device) as proxy:
+        args = dict(url=proxy.url, ca_fingerprint=server.ca_fingerprint_sha256, challenge_password=challenge,
+                    private_key_path=str(tmp_path / 'key.pem'), certificate_path=str(tmp_path / 'cert.pem'),
+                    common_name='mfp03.example.com', timeout=20)
+        run = run_playbook([module_task('scep_enroll', 'enroll', args),
+                            module_task('scep_ca_info', 'info', dict(url=proxy.url, ca_fingerprint=server.ca_fingerprint_sha256))])
+    assert run.result('enroll')['result']['status'] == 'issued', run.output()
+    assert proxy.recipients == [[server.ca_certificate.serial_number]]
+    assert roles_by_subject(run.result('info')['result']) == {server.ca_certificate.subject.rfc4514_string(): 'ca',
+                                                              device.subject.rfc4514_string(): 'not-ra'}
+    verified = subprocess.run(['openssl', 'verify', '-CAfile', server.ca_pem_path, str(tmp_path / 'cert.pem')],
+                              capture_output=True, text=True, check=False)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    issued = x509.load_pem_x509_certificate((tmp_path / 'cert.pem').read_bytes())
+    assert issued.subject.rfc4514_string() == 'CN=mfp03.example.com'
 
 
 # --- deadline and size -------------------------------------------------------------------------
