@@ -114,8 +114,7 @@ def test_a_device_certificate_in_get_ca_cert_never_receives_the_request(fake, ro
 
 
 @pytest.mark.parametrize('behaviour', [dict(pending=True), dict(fail_info=2, fail_info_text='keep trying'), {}])
-def test_a_reply_signed_by_a_device_certificate_is_refused_and_nothing_is_written(fake, rogue, run_playbook, tmp_path,
-                                                                                   behaviour):
+def test_a_reply_signed_by_a_device_certificate_is_refused_and_nothing_is_written(fake, rogue, run_playbook, tmp_path, behaviour):
     server = fake(extra_ca_certs=[rogue[1]], reply_signer=rogue, extra_decryption_keys=[rogue], **behaviour)
     record = run_playbook([module_task('scep_enroll', 'enroll', args_for(server, tmp_path))]).result('enroll')
     assert record['status'] == 'failed'
@@ -136,9 +135,9 @@ def test_real_ra_certificates_work_beside_a_device_certificate(fake, rogue, run_
     record = run.result('enroll')
     assert record['result']['status'] == 'issued', run.output()
     assert recipients(server) == [[server.ra_enc_cert.serial_number]]
-    assert roles_by_subject(run.result('info')['result']) == {server.ca_cert.subject.rfc4514_string(): 'ca', rogue[1].subject.rfc4514_string(): 'not-ra',
-                     server.ra_sign_cert.subject.rfc4514_string(): 'ra-signing',
-                     server.ra_enc_cert.subject.rfc4514_string(): 'ra-encryption'}
+    assert roles_by_subject(run.result('info')['result']) == {
+        server.ca_cert.subject.rfc4514_string(): 'ca', rogue[1].subject.rfc4514_string(): 'not-ra',
+        server.ra_sign_cert.subject.rfc4514_string(): 'ra-signing', server.ra_enc_cert.subject.rfc4514_string(): 'ra-encryption'}
 
 
 def test_ra_fingerprint_pins_ra_certificates_and_nothing_else(fake, rogue, run_playbook, tmp_path):

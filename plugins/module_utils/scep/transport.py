@@ -105,7 +105,7 @@ class ScepTransport(object):
 
     def _timed_out(self, operation):
         return ScepUnreachable('communication error: no complete answer from %s within the timeout of %s seconds (%s)'
-                         % (self.where, self.timeout, operation))
+                               % (self.where, self.timeout, operation))
 
     def _request(self, operation, message=None, body=None, limit=MAX_RESPONSE):
         query = 'operation=' + operation
