@@ -175,7 +175,6 @@ class CaCertificates(object):
                 roles, reason = self._judge(cert)
                 self.roles.append((cert, roles, reason))
         self.ra = [cert for cert, roles, reason in self.roles if roles]
-        self.trusted = self.ca + self.ra
 
     def _judge(self, cert):
         """(roles, None) for an RA certificate, ((), why not) for any other."""
