@@ -44,7 +44,7 @@ options:
       - When set, only these certificates (and the pinned CA) count as RA certificates, whatever their extended key
         usage; each must still be issued by the pinned CA, be valid and allow keyEncipherment (to receive requests) or
         digitalSignature (to sign replies). M(tokenfleet.pki.scep_enroll) fails before sending anything when the server
-        no longer sends one of them (its RA certificates were renewed: update the pins).
+        no longer sends one of them (its RA certificates were renewed; update the pins).
       - When not set, an RA certificate is one the pinned CA issued, valid now, with that key usage, and with the
         Certificate Request Agent (1.3.6.1.4.1.311.20.2.1, NDES), CMC RA (1.3.6.1.5.5.7.3.28) or anyExtendedKeyUsage
         extended key usage or with no extended key usage at all (OpenXPKI, the fake responder). A certificate whose
