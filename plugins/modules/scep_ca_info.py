@@ -34,8 +34,9 @@ attributes:
 options:
   ca_fingerprint:
     description:
-      - When given, only the certificate with this fingerprint counts as the CA and only certificates it issued as RA
-        certificates; a server whose CA does not match fails.
+      - When given, only the certificate with this fingerprint counts as the CA, and RA certificates are judged against
+        it (see O(ra_fingerprint)); a server whose CA does not match fails. Without it every self-signed certificate is
+        shown as a CA.
     type: str
   chain_path:
     description: Write the CA certificate(s) here (PEM).
