@@ -11,8 +11,11 @@ short_description: Show a SCEP server's capabilities, CA and RA certificates
 version_added: 0.1.0
 description:
   - Asks a SCEP (RFC 8894) server for its capabilities (GetCACaps) and certificates (GetCACert, a single CA certificate
-    or a PKCS#7 with RA certificates) and returns them with subject, expiry and SHA-256 fingerprint, and which RA
-    certificate is for encryption and which for signing.
+    or a PKCS#7 with RA certificates) and returns them with subject, expiry and SHA-256 fingerprint, which RA
+    certificate is for encryption and which for signing, and for every other certificate why it is not an RA (the rule
+    is described at O(ra_fingerprint)).
+  - A failing GetCACaps does not fail this module; it returns RV(caps_error) instead, the reason why
+    M(tokenfleet.pki.scep_enroll) would stop unless its algorithms are set explicitly.
   - This is how to learn the fingerprint to pin in M(tokenfleet.pki.scep_enroll). Compare it with what the CA's
     administrators publish before you trust it.
   - Can write the CA certificates to a file.
@@ -31,8 +34,9 @@ attributes:
 options:
   ca_fingerprint:
     description:
-      - When given, only the certificate with this fingerprint counts as the CA and only certificates it issued as RA
-        certificates; a server whose CA does not match fails.
+      - When given, only the certificate with this fingerprint counts as the CA, and RA certificates are judged against
+        it (see O(ra_fingerprint)); a server whose CA does not match fails. Without it every self-signed certificate is
+        shown as a CA.
     type: str
   chain_path:
     description: Write the CA certificate(s) here (PEM).
@@ -61,7 +65,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 caps:
-  description: The capabilities the server announced (GetCACaps), as sent.
+  description: The capabilities the server announced (GetCACaps), as sent; V(null) when GetCACaps failed.
   returned: always
   type: list
   elements: str
@@ -71,12 +75,19 @@ content_type:
   returned: always
   type: str
   sample: application/x-x509-ca-cert
+caps_error:
+  description: Why GetCACaps gave no usable answer.
+  returned: when GetCACaps failed
+  type: str
+  sample: "the SCEP server at ca.example.com:8080 answered GetCACaps with HTTP status 500 Internal Server Error"
 pinned:
   description: Whether O(ca_fingerprint) selected the CA.
   returned: always
   type: bool
 algorithms:
-  description: What scep_enroll would use with this server by default (signature digest, encryption, HTTP method).
+  description:
+    - What scep_enroll would use with this server by default (signature digest, encryption, HTTP method).
+    - V(null) when GetCACaps failed.
   returned: always
   type: dict
   sample: {signature: sha256, encryption: aes128, method: POST}
@@ -87,8 +98,20 @@ certificates:
   elements: dict
   contains:
     role:
-      description: V(ca), or V(ra-encryption), V(ra-signing), V(ra-encryption+signing), V(ra) for RA certificates.
+      description:
+        - V(ca), or V(ra-encryption) (receives the requests), V(ra-signing) (signs replies), V(ra-encryption+signing),
+          V(ra) (an RA certificate not used) for RA certificates, or V(not-ra) for a certificate that is none of these.
       type: str
+    not_ra_reason:
+      description: Why a V(not-ra) certificate is not an RA, for example V(not issued by the pinned CA).
+      type: str
+      returned: for role V(not-ra)
+      sample: "its extended key usage (clientAuth) limits it to other uses than an RA's; pin it with ra_fingerprint if it is the CA's RA"
+    extended_key_usage:
+      description: The extended key usage of an RA or other certificate, V(null) when it has none.
+      type: list
+      elements: str
+      returned: for certificates other than the CA
     subject:
       description: Subject (RFC 4514).
       type: str

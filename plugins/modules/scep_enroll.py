@@ -13,8 +13,17 @@ description:
   - Enrolls a key with a SCEP (RFC 8894) server such as Windows NDES, EJBCA, OpenXPKI or micromdm, stores the
     certificate, and renews it when it is inside the renewal window, as a printer's SCEP settings page does.
   - A valid certificate outside the renewal window means no request to the server at all.
-  - Replies are accepted only when signed by the pinned CA (O(ca_fingerprint) or O(ca_certificate_path)) or an RA
-    certificate it issued, and only with this request's transaction id, nonce and message digest.
+  - The request (and its challenge password) is encrypted only to the pinned CA (O(ca_fingerprint) or
+    O(ca_certificate_path)) or to an RA certificate for encryption, and replies are accepted only when signed by the
+    pinned CA or an RA certificate for signing, with this request's transaction id, nonce and message digest. What
+    counts as an RA certificate is described at O(ra_fingerprint); a certificate the CA issued to some device is never
+    one. A reply signed by any other certificate is refused with a message naming its signer, and nothing is written.
+  - The server's capabilities (GetCACaps) choose the algorithms. When GetCACaps fails (HTTP error, a connection broken
+    off, an empty answer or one that is not a list of capabilities) the run fails rather than fall back to SHA-1 and
+    3DES, unless both O(signature_algorithm) and O(encryption_algorithm) are set; then the run goes on with those and
+    sends its requests by HTTP GET, the RFC 8894 default for a server whose capabilities are unknown (old NDES closes
+    the connection on GetCACaps but takes GET). A server that refuses the connection or does not answer within
+    O(timeout) fails the run in any case.
   - A request the CA keeps PENDING is remembered in O(state_path); the next run polls that transaction instead of
     starting a new one.
   - Nothing on the host changes unless the server answered SUCCESS or PENDING; a new key or certificate is written
@@ -72,12 +81,16 @@ options:
     description: Send this existing request (PEM or DER) instead of making one from the request options.
     type: path
   signature_algorithm:
-    description: Digest of the SCEP messages. V(auto) takes SHA-256 when the server offers it, else SHA-1.
+    description:
+      - Digest of the SCEP messages. V(auto) takes SHA-256 when the server offers it, else SHA-1.
+      - With O(encryption_algorithm) also set, a failing GetCACaps no longer stops the run (see the description).
     type: str
     choices: [auto, sha1, sha256, sha512, md5]
     default: auto
   encryption_algorithm:
-    description: Cipher of the request's envelope. V(auto) takes AES-128 when the server offers it, else 3DES.
+    description:
+      - Cipher of the request's envelope. V(auto) takes AES-128 when the server offers it, else 3DES.
+      - With O(signature_algorithm) also set, a failing GetCACaps no longer stops the run (see the description).
     type: str
     choices: [auto, aes128, aes192, aes256, 3des, des]
     default: auto
@@ -117,7 +130,7 @@ options:
     type: int
     default: 0
   poll_interval:
-    description: Seconds between those attempts.
+    description: Seconds between those attempts. These waits are not network time and do not count against O(timeout).
     type: int
     default: 30
   splay:
@@ -193,7 +206,7 @@ transaction_id:
   type: str
   sample: 9A0C2E...
 ca_caps:
-  description: The server's GetCACaps answer.
+  description: The server's GetCACaps answer; V(null) when it failed and the explicit algorithms were used.
   returned: when the server was contacted
   type: list
   elements: str

@@ -282,23 +282,36 @@ def make_ca(subject_cn: str = 'tokenfleet fake SCEP CA', key_size: int = 2048,
 
 
 def _issue_ra(ca_key: rsa.RSAPrivateKey, ca_cert: x509.Certificate, cn: str, key_size: int,
-              signing: bool) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
+              signing: bool, eku: t.Sequence[str] | None = None) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
+    usage = dict(digital_signature=signing, key_encipherment=not signing)
+    return issue_certificate(ca_key, ca_cert, cn, key_size=key_size, eku=eku, **usage)
+
+
+def issue_certificate(ca_key: rsa.RSAPrivateKey, ca_cert: x509.Certificate, cn: str, key_size: int = 2048,
+                      eku: t.Sequence[str] | None = None, digital_signature: bool = True, key_encipherment: bool = True,
+                      days: float = 730, not_before_days: float = -1 / 24) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
+    """An end-entity RSA key and certificate issued by the CA: an RA certificate, or a device's (``eku`` dotted OIDs).
+
+    ``eku`` None leaves the extension out (like NDES-less RA setups, OpenXPKI's sample RA); a device
+    certificate has e.g. ``['1.3.6.1.5.5.7.3.2']`` (clientAuth).
+    """
     key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)
     now = _utcnow()
-    usage = x509.KeyUsage(signing, False, not signing, False, False, False, False, False, False)
-    cert = (
+    usage = x509.KeyUsage(digital_signature, False, key_encipherment, False, False, False, False, False, False)
+    builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, 'tokenfleet tests'), x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
         .issuer_name(ca_cert.subject).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=730))
+        .not_valid_before(now + datetime.timedelta(days=not_before_days)).not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(usage, critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
     )
-    return key, cert
+    if eku is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([x509.ObjectIdentifier(oid) for oid in eku]), critical=False)
+    return key, builder.sign(ca_key, hashes.SHA256())
 
 
 def degenerate_signed_data(certs: t.Sequence[x509.Certificate]) -> bytes:
@@ -332,6 +345,7 @@ class PkiMessageInfo:
     content_cipher: str | None = None
     key_transport: str | None = None
     recipient: str | None = None
+    recipients: list[tuple[str, int]] = dataclasses.field(default_factory=list)
     signer_certificate: x509.Certificate | None = None
     csr: x509.CertificateSigningRequest | None = None
     challenge_password: str | None = None
@@ -359,7 +373,8 @@ class FakeScepServer:
     - ``caps``: GetCACaps keywords (list of str; empty list = empty body).
     - ``ra_mode``: GetCACert returns a degenerate PKCS#7 with the CA and two RA certificates;
       requests must be encrypted to the encryption RA, CertReps are signed by the signing RA.
-      (Fixed at construction because it creates the RA keys.)
+      (Fixed at construction because it creates the RA keys.) ``ra_eku``: dotted extended key usage
+      OIDs for both RA certificates (default: none, the extension is left out).
     - ``challenge``: required challengePassword of PKCSReq (wrong or missing -> FAILURE badRequest).
     - ``validity_days``: lifetime of issued certificates.
     - ``digest``: digest of the CertRep signature, ``sha256`` (default), ``sha1``, ``sha512``.
@@ -372,15 +387,26 @@ class FakeScepServer:
     - ``sign_with_unpinned_key``: sign CertReps with a self-signed key/cert (same subject as the
       CA, not issued by it).
     - ``wrong_recipient_nonce``, ``wrong_transaction_id``: corrupt those reply attributes.
-    - ``http_status``: answer the operations in ``fault_operations`` with that status and a text body.
+    - ``http_status``: answer the operations in ``fault_operations`` with that status and a text body
+      (``http_body``, default a line naming the status).
     - ``garbage_body``: answer with random bytes (HTTP 200, the normal content type).
     - ``truncated_body``: answer with the first half of the real reply; ``True`` or ``'short'``
       sends a consistent Content-Length, ``'close'`` announces the full length and closes early.
     - ``hang``: accept the request and never answer, until ``hang_seconds`` pass or ``stop()``.
+    - ``drip_interval``: send the whole answer one byte every that many seconds (bounded by
+      ``hang_seconds`` and ``stop()``): a per-read socket timeout never fires. ``drips`` records
+      (start, end) monotonic times of each dripped answer (end: the client hung up, or the bound).
+    - ``huge_body``: ``'announce'`` a Content-Length of ``huge_size`` bytes (default 6 MiB), or
+      ``'stream'`` that many bytes without a length.
     - ``fault_operations``: operations the faults above apply to (default ``{'PKIOperation'}``).
+    - ``extra_ca_certs``: certificates appended to the GetCACert answer (sent as a PKCS#7), e.g. a
+      device certificate the CA issued, posing as an RA (see ``issue_certificate()``).
+    - ``reply_signer``: (key, certificate) that signs every CertRep instead of the CA or RA.
+    - ``extra_decryption_keys``: (key, certificate) pairs the server also decrypts requests with
+      (a rogue server holding a device's key reads a request encrypted to that device).
 
     Records: ``request_log`` (RequestLogEntry per request), ``pki_messages`` (PkiMessageInfo per
-    PKIOperation), ``issued`` (x509.Certificate list), ``pending_transactions``.
+    PKIOperation, ``recipients`` = (issuer, serial) of every recipient of its envelope), ``issued`` (x509.Certificate list), ``pending_transactions``.
     """
 
     def __init__(
@@ -388,6 +414,7 @@ class FakeScepServer:
         path: str = '/scep',
         caps: t.Iterable[str] | None = None,
         ra_mode: bool = False,
+        ra_eku: t.Sequence[str] | None = None,
         challenge: str | None = None,
         validity_days: float = 365,
         digest: str = 'sha256',
@@ -422,13 +449,21 @@ class FakeScepServer:
         self.garbage_body = False
         self.truncated_body: bool | str = False
         self.hang = False
+        self.extra_ca_certs: list[x509.Certificate] = []
+        self.reply_signer: tuple[t.Any, x509.Certificate] | None = None
+        self.extra_decryption_keys: list[tuple[rsa.RSAPrivateKey, x509.Certificate]] = []
+        self.drip_interval: float | None = None
+        self.huge_body: str | None = None
+        self.huge_size = 6 * 1024 * 1024
+        self.http_body: str | None = None
+        self.drips: list[tuple[float, float]] = []
         self.fault_operations: set[str] = {'PKIOperation'}
 
         self.ca_key, self.ca_cert = ca if ca is not None else make_ca(key_size=key_size)
         self.ra_sign_key = self.ra_sign_cert = self.ra_enc_key = self.ra_enc_cert = None
         if ra_mode:
-            self.ra_sign_key, self.ra_sign_cert = _issue_ra(self.ca_key, self.ca_cert, 'tokenfleet fake SCEP RA signing', key_size, True)
-            self.ra_enc_key, self.ra_enc_cert = _issue_ra(self.ca_key, self.ca_cert, 'tokenfleet fake SCEP RA encryption', key_size, False)
+            self.ra_sign_key, self.ra_sign_cert = _issue_ra(self.ca_key, self.ca_cert, 'tokenfleet fake SCEP RA signing', key_size, True, ra_eku)
+            self.ra_enc_key, self.ra_enc_cert = _issue_ra(self.ca_key, self.ca_cert, 'tokenfleet fake SCEP RA encryption', key_size, False, ra_eku)
         self._unpinned: tuple[rsa.RSAPrivateKey, x509.Certificate] | None = None
 
         self.request_log: list[RequestLogEntry] = []
@@ -520,13 +555,13 @@ class FakeScepServer:
         return self._unpinned
 
     def ca_certificates(self) -> list[x509.Certificate]:
-        """What GetCACert returns: the CA, plus (RA mode) the signing and the encryption RA."""
+        """What GetCACert returns: the CA, ``extra_ca_certs``, and (RA mode) the signing and the encryption RA."""
         if self.ra_mode:
-            return [self.ca_cert, self.ra_sign_cert, self.ra_enc_cert]
-        return [self.ca_cert]
+            return [self.ca_cert] + list(self.extra_ca_certs) + [self.ra_sign_cert, self.ra_enc_cert]
+        return [self.ca_cert] + list(self.extra_ca_certs)
 
     def get_ca_cert_response(self) -> tuple[str, bytes]:
-        if self.ra_mode:
+        if self.ra_mode or self.extra_ca_certs:
             return CONTENT_TYPE_CA_RA_CERT, degenerate_signed_data(self.ca_certificates())
         return CONTENT_TYPE_CA_CERT, self.ca_cert.public_bytes(serialization.Encoding.DER)
 
@@ -582,7 +617,8 @@ class FakeScepServer:
                           'pki_status', 'fail_info', 'error')
     SETTINGS = ('caps', 'challenge', 'validity_days', 'digest', 'reply_cipher', 'empty_content', 'pending', 'fail_info',
                 'fail_info_text', 'sign_with_unpinned_key', 'wrong_recipient_nonce', 'wrong_transaction_id', 'http_status',
-                'garbage_body', 'truncated_body', 'hang', 'hang_seconds', 'fault_operations')
+                'garbage_body', 'truncated_body', 'hang', 'hang_seconds', 'fault_operations', 'extra_ca_certs', 'reply_signer',
+                'drip_interval', 'huge_body', 'huge_size', 'http_body', 'extra_decryption_keys')
 
     def _settings(self) -> dict[str, t.Any]:
         return {name: getattr(self, name) for name in self.SETTINGS}
@@ -637,9 +673,10 @@ class FakeScepServer:
         return self._cert_rep(info, status), info
 
     def _decryption_keys(self) -> list[tuple[x509.Certificate, rsa.RSAPrivateKey]]:
+        extra = [(cert, key) for key, cert in self.extra_decryption_keys]
         if self.ra_mode:
-            return [(self.ra_enc_cert, self.ra_enc_key)]
-        return [(self.ca_cert, self.ca_key)]
+            return [(self.ra_enc_cert, self.ra_enc_key)] + extra
+        return [(self.ca_cert, self.ca_key)] + extra
 
     def _parse_request(self, der: bytes, info: PkiMessageInfo) -> dict[str, t.Any]:
         try:
@@ -749,6 +786,10 @@ class FakeScepServer:
         iv = algorithm['parameters'].native if algorithm['parameters'] is not None else None
         if not isinstance(iv, bytes) or len(iv) != iv_length:
             raise ScepError(BAD_ALG, '%s without a %d-byte IV' % (cipher_name, iv_length))
+        for recipient_info in recipient_infos:
+            rid = recipient_info.chosen['rid'] if recipient_info.name == 'ktri' else None
+            if rid is not None and rid.name == 'issuer_and_serial_number':
+                info.recipients.append((rid.chosen['issuer'].human_friendly, rid.chosen['serial_number'].native))
         for cert, key in self._decryption_keys():
             asn1 = _asn1_cert(cert)
             for recipient_info in recipient_infos:
@@ -861,6 +902,9 @@ class FakeScepServer:
         return cert
 
     def _reply_signer(self) -> tuple[t.Any, x509.Certificate, list[x509.Certificate]]:
+        if self.reply_signer is not None:
+            key, cert = self.reply_signer
+            return key, cert, [cert, self.ca_cert]
         if self.sign_with_unpinned_key:
             key, cert = self.unpinned
             return key, cert, [cert]
@@ -1083,7 +1127,7 @@ class _ScepHandler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             return True
         if server.http_status is not None:
-            self._text(int(server.http_status), 'fake SCEP server: configured HTTP status %s' % server.http_status)
+            self._text(int(server.http_status), server.http_body or 'fake SCEP server: configured HTTP status %s' % server.http_status)
             return True
         if server.garbage_body:
             self._send(200, content_type, os.urandom(max(64, len(reply)) if reply else 256))
@@ -1092,7 +1136,59 @@ class _ScepHandler(http.server.BaseHTTPRequestHandler):
             half = reply[:len(reply) // 2]
             self._send(200, content_type, half, declared_length=len(reply) if server.truncated_body == 'close' else None)
             return True
+        if server.drip_interval and reply is not None:
+            self._drip(content_type, reply)
+            return True
+        if server.huge_body:
+            self._huge(content_type)
+            return True
         return False
+
+    def _drip(self, content_type: str, reply: bytes) -> None:
+        """The whole answer, status line first, one byte every ``drip_interval`` s (until stop() or ``hang_seconds``)."""
+        server = self.scep_server
+        raw = ('HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n'
+               % (content_type, len(reply))).encode('ascii') + reply
+        started = time.monotonic()
+        deadline = started + server.hang_seconds
+        self.close_connection = True
+        try:
+            for index in range(len(raw)):
+                self.wfile.write(raw[index:index + 1])
+                self.wfile.flush()
+                if server._stop_event.wait(float(server.drip_interval)) or time.monotonic() > deadline:  # pylint: disable=protected-access
+                    break
+        except OSError:  # the client gave up
+            pass
+        with server._lock:  # pylint: disable=protected-access
+            server.drips.append((started, time.monotonic()))
+
+    def _huge(self, content_type: str) -> None:
+        """``huge_body='announce'``: a Content-Length of ``huge_size`` bytes; ``'stream'``: that many bytes, no length."""
+        server = self.scep_server
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header('Content-Type', content_type)
+        if server.huge_body == 'announce':
+            self.send_header('Content-Length', str(server.huge_size))
+        self.send_header('Connection', 'close')
+        self.end_headers()
+        chunk = b'A' * 65536
+        if server.huge_body == 'announce':  # a little of it, then nothing more (bounded)
+            try:
+                self.wfile.write(chunk)
+                self.wfile.flush()
+            except OSError:
+                return
+            server.wait_hang()
+            return
+        try:
+            for dummy in range(server.huge_size // len(chunk)):
+                if server._stop_event.is_set():  # pylint: disable=protected-access
+                    return
+                self.wfile.write(chunk)
+        except OSError:  # the client stopped reading
+            return
 
     def _pki_operation(self, method: str, params: dict[str, str], body: bytes) -> None:
         server = self.scep_server

@@ -11,9 +11,11 @@ from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.client import 
     choose_algorithms,
     fingerprint,
     normalise_fingerprint,
+    normalise_ra_fingerprints,
     parse_ca_certificates,
 )
-from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.transport import ScepTransport
+from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.message import ScepError
+from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.transport import ScepCapsError, ScepTransport
 from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import certificate_pem
 
 
@@ -21,14 +23,20 @@ class ScepCaInfoBackend(object):
     def __init__(self, module):
         self.module = module
         params = module.params
+        if params['timeout'] < 1:
+            raise ScepError('timeout must be positive (got %d)' % params['timeout'])
         self.transport = ScepTransport(params['url'], params['timeout'], params['validate_certs'], params['ca_path'])
         self.fingerprint = normalise_fingerprint(params['ca_fingerprint']) if params['ca_fingerprint'] else None
+        self.ra_fingerprints = normalise_ra_fingerprints(params['ra_fingerprint'])
         if params['chain_path']:
             check_parent_directory(params['chain_path'], 'chain_path')
 
     def run(self):
         params = self.module.params
-        caps = self.transport.get_ca_caps(params['ca_identifier'])
+        try:
+            caps, caps_error = self.transport.get_ca_caps(params['ca_identifier']), None
+        except ScepCapsError as exc:
+            caps, caps_error = None, str(exc)  # shown, not hidden: scep_enroll stops on it unless the algorithms are set
         content_type, data = self.transport.get_ca_cert(params['ca_identifier'])
         certificates = parse_ca_certificates(content_type, data)
         # Without a pin every self-signed or CA certificate is shown as a CA: this is how a user learns the pin.
@@ -37,11 +45,15 @@ class ScepCaInfoBackend(object):
             pinned = [cert for cert in certificates if fingerprint(cert, name) == value]
         else:
             pinned = [cert for cert in certificates if cert.issuer == cert.subject] or certificates[:1]
-        ca_certificates = CaCertificates(certificates, pinned)
-        digest, cipher, use_post = choose_algorithms(caps)
+        ca_certificates = CaCertificates(certificates, pinned, self.ra_fingerprints)
+        algorithms = None
+        if caps is not None:
+            digest, cipher, use_post = choose_algorithms(caps)
+            algorithms = dict(signature=digest, encryption=cipher, method='POST' if use_post else 'GET')
         result = dict(changed=False, caps=caps, content_type=content_type, certificates=ca_certificates.describe(),
-                      pinned=self.fingerprint is not None,
-                      algorithms=dict(signature=digest, encryption=cipher, method='POST' if use_post else 'GET'))
+                      pinned=self.fingerprint is not None, algorithms=algorithms)
+        if caps_error is not None:
+            result['caps_error'] = caps_error
         if params['chain_path']:
             content = ''.join(certificate_pem(cert) for cert in ca_certificates.ca).encode('ascii')
             result['changed'] = ensure_content(self.module, params['chain_path'], content, 0o644)

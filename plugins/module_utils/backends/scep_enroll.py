@@ -183,7 +183,7 @@ class ScepEnrollBackend(object):
             time.sleep(random.uniform(0, params['splay']))
         client = ScepClient(self.transport, params['ca_identifier'], self.pinned, self.fingerprint,
                             params['signature_algorithm'], params['encryption_algorithm'],
-                            params['allow_legacy_algorithms'])
+                            params['allow_legacy_algorithms'], params['ra_fingerprint'])
         client.discover()
         result['ca_caps'] = client.caps
         if action == 'poll':

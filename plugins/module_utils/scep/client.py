@@ -5,10 +5,12 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import re
 
+from ansible_collections.tokenfleet.pki.plugins.module_utils.bounded_http import server_text
 from ansible_collections.tokenfleet.pki.plugins.module_utils.files import read_file
 from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.message import (
     CIPHERS,
@@ -19,6 +21,7 @@ from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.message import
     open_envelope,
     pki_message,
 )
+from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.transport import ScepCapsError
 from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import (
     HAS_CRYPTOGRAPHY,
     certificate_der,
@@ -100,30 +103,140 @@ def _is_ca(certificate):
         return False
 
 
-class CaCertificates(object):
-    """What GetCACert returned, checked against the pin: the CA, its RA certificates, who signs and who decrypts."""
+OID_CERTIFICATE_REQUEST_AGENT = '1.3.6.1.4.1.311.20.2.1'
+OID_CMC_RA = '1.3.6.1.5.5.7.3.28'
+OID_ANY_EXTENDED_KEY_USAGE = '2.5.29.37.0'
+RA_EXTENDED_KEY_USAGES = {
+    OID_CERTIFICATE_REQUEST_AGENT: 'Certificate Request Agent',
+    OID_CMC_RA: 'CMC Registration Authority',
+    OID_ANY_EXTENDED_KEY_USAGE: 'anyExtendedKeyUsage',
+}
+_EKU_NAMES = {
+    '1.3.6.1.5.5.7.3.1': 'serverAuth', '1.3.6.1.5.5.7.3.2': 'clientAuth', '1.3.6.1.5.5.7.3.3': 'codeSigning',
+    '1.3.6.1.5.5.7.3.4': 'emailProtection', '1.3.6.1.5.5.7.3.8': 'timeStamping', '1.3.6.1.5.5.7.3.9': 'OCSPSigning',
+    '1.3.6.1.5.5.7.3.17': 'ipsecIKE',
+}
+RA_RULE = ('an RA certificate must be issued by the pinned CA, be valid now, allow keyEncipherment (to receive the '
+           'request) or digitalSignature (to sign the reply) in its key usage, and be pinned with ra_fingerprint or, '
+           'when ra_fingerprint is not set, carry the Certificate Request Agent, CMC RA or anyExtendedKeyUsage '
+           'extended key usage, or none at all')
+_ROLE_USAGES = (('encryption', 'key_encipherment'), ('signing', 'digital_signature'))
 
-    def __init__(self, certificates, pinned):
+
+def _extended_key_usages(certificate):
+    """Dotted OIDs of the certificate's extended key usage, None when it has no such extension."""
+    try:
+        return [oid.dotted_string for oid in certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value]
+    except x509.ExtensionNotFound:
+        return None
+
+
+def normalise_ra_fingerprints(values):
+    """Lowercase hex SHA-256 fingerprints of ``ra_fingerprint`` (a list, or one string)."""
+    if values is None:
+        return None
+    if isinstance(values, str):
+        values = [values]
+    cleaned = []
+    for value in values:
+        text = re.sub(r'[\s:]', '', value or '').lower()
+        if not re.match(r'^[0-9a-f]{64}$', text):
+            raise ScepError('ra_fingerprint must list SHA-256 fingerprints of RA certificates in hexadecimal, as '
+                            'scep_ca_info returns them (got %r)' % server_text(value, 80))
+        cleaned.append(text)
+    if not cleaned:
+        raise ScepError('ra_fingerprint is empty; leave it out to accept RA certificates marked as RAs')
+    return cleaned
+
+
+def subject_text(certificate):
+    return server_text(certificate.subject.rfc4514_string()) or '(no subject)'
+
+
+class CaCertificates(object):
+    """What GetCACert returned, judged against the pins: the CA, its RA certificates, who signs and who decrypts.
+
+    The RA rule (RA_RULE) keeps a certificate the CA issued to some device from receiving requests
+    (and their challenge) or vouching for replies: only the pinned CA and RA certificates count.
+    """
+
+    def __init__(self, certificates, pinned, ra_fingerprints=None, now=None):
         self.all = certificates
+        self.ra_fingerprints = ra_fingerprints
+        self.now = now or datetime.datetime.now(datetime.timezone.utc)
         pinned_der = set(certificate_der(cert) for cert in pinned)
         self.ca = [cert for cert in certificates if certificate_der(cert) in pinned_der]
         if not self.ca:
             raise ScepError('the SCEP server\'s CA certificate (%s) does not match the pinned CA; refusing to talk to it'
-                            % ', '.join(cert.subject.rfc4514_string() or '(no subject)' for cert in certificates))
-        self.ra = [cert for cert in certificates if cert not in self.ca and any(_issued_by(cert, ca) for ca in self.ca)]
-        self.trusted = self.ca + self.ra
+                            % ', '.join(subject_text(cert) for cert in certificates))
+        self.roles = []  # (certificate, roles, reason it is no RA or None), for every certificate but the CA
+        for cert in certificates:
+            if cert not in self.ca:
+                roles, reason = self._judge(cert)
+                self.roles.append((cert, roles, reason))
+        self.ra = [cert for cert, roles, reason in self.roles if roles]
+
+    def _judge(self, cert):
+        """(roles, None) for an RA certificate, ((), why not) for any other."""
+        if not any(_issued_by(cert, ca) for ca in self.ca):
+            return (), 'not issued by the pinned CA'
+        if cert.not_valid_before_utc > self.now:
+            return (), 'not valid before %s' % cert.not_valid_before_utc.strftime('%Y-%m-%dT%H:%M:%SZ')
+        if cert.not_valid_after_utc < self.now:
+            return (), 'expired on %s' % cert.not_valid_after_utc.strftime('%Y-%m-%dT%H:%M:%SZ')
+        if self.ra_fingerprints is not None:
+            if fingerprint(cert) not in self.ra_fingerprints:
+                return (), 'not pinned by ra_fingerprint'
+        else:
+            usages = _extended_key_usages(cert)
+            if usages is not None and not any(oid in RA_EXTENDED_KEY_USAGES for oid in usages):
+                return (), ('its extended key usage (%s) limits it to other uses than an RA\'s; pin it with '
+                            'ra_fingerprint if it is the CA\'s RA' % ', '.join(_EKU_NAMES.get(oid, oid) for oid in usages))
+        roles = tuple(role for role, usage in _ROLE_USAGES if _has_usage(cert, usage) is not False)
+        if not roles:
+            return (), 'its key usage allows neither keyEncipherment nor digitalSignature'
+        return roles, None
+
+    def role_of(self, cert):
+        for known, roles, reason in self.roles:
+            if known == cert:
+                return roles, reason
+        return (), None
+
+    def check_ra_fingerprints(self):
+        """Every pinned RA must be among the RA certificates the server sent (else its RA changed: stop)."""
+        if self.ra_fingerprints is None:
+            return
+        for value in self.ra_fingerprints:
+            matching = [cert for cert in self.all if fingerprint(cert) == value]
+            if not matching:
+                raise ScepError('ra_fingerprint %s matches none of the certificates the SCEP server sent (%s)'
+                                % (value, ', '.join(subject_text(cert) for cert in self.all)))
+            roles, reason = self.role_of(matching[0])
+            if not roles:
+                raise ScepError('ra_fingerprint %s is the certificate %s, which is not an RA: %s; %s'
+                                % (value, subject_text(matching[0]), reason or 'it is the pinned CA', RA_RULE))
+
+    def _with_role(self, role):
+        return [cert for cert, roles, reason in self.roles if role in roles]
 
     def encryption_certificates(self):
         """The RA certificate for key encipherment (NDES has a separate one), else the CA."""
-        for usage in ('key_encipherment', 'data_encipherment'):
-            chosen = [cert for cert in self.ra if not _is_ca(cert) and _has_usage(cert, usage)]
-            if chosen:
-                return chosen[:1]
-        plain = [cert for cert in self.ra if not _is_ca(cert) and _has_usage(cert, 'key_encipherment') is None]
-        return plain[:1] or self.ca[:1]
+        chosen = [cert for cert in self._with_role('encryption') if not _is_ca(cert)]
+        return chosen[:1] or self.ca[:1]
 
     def signing_certificates(self):
-        return [cert for cert in self.ra if _has_usage(cert, 'digital_signature')] or self.ca[:1]
+        """Who may sign a CertRep: the pinned CA and the RA certificates for signing."""
+        return self.ca + self._with_role('signing')
+
+    def why_not_signer(self, cert):
+        """Why ``cert`` (None: not among the server's certificates) may not sign a CertRep."""
+        if cert is None or cert not in self.all:
+            return 'it is not among the certificates the server sent in GetCACert'
+        roles, reason = self.role_of(cert)
+        if reason is not None:
+            return reason
+        return 'its key usage lacks digitalSignature'
 
     def issuer(self):
         """The CA that issues end-entity certificates (named in CertPoll)."""
@@ -136,9 +249,16 @@ class CaCertificates(object):
     def describe(self):
         encryption, signing = self.encryption_certificates(), self.signing_certificates()
         result = [certificate_summary(cert, 'ca') for cert in self.ca]
-        for cert in self.ra:
-            roles = [name for name, chosen in (('encryption', encryption), ('signing', signing)) if cert in chosen]
-            result.append(certificate_summary(cert, 'ra-' + '+'.join(roles) if roles else 'ra'))
+        for cert, roles, reason in self.roles:
+            if not roles:
+                summary = certificate_summary(cert, 'not-ra')
+                summary['not_ra_reason'] = reason
+            else:
+                chosen = [name for name, certs in (('encryption', encryption), ('signing', signing)) if cert in certs]
+                summary = certificate_summary(cert, 'ra-' + '+'.join(chosen) if chosen else 'ra')
+            summary['extended_key_usage'] = [_EKU_NAMES.get(oid, RA_EXTENDED_KEY_USAGES.get(oid, oid))
+                                             for oid in _extended_key_usages(cert) or []] or None
+            result.append(summary)
         return result
 
 
@@ -189,8 +309,10 @@ def choose_algorithms(caps, signature_algorithm='auto', encryption_algorithm='au
 
 
 class ScepClient(object):
+    """One SCEP conversation: discovery (caps, CA and RA certificates), then checked exchanges."""
+
     def __init__(self, transport, ca_identifier=None, pinned=None, pinned_fingerprint=None,
-                 signature_algorithm='auto', encryption_algorithm='auto', allow_legacy=False):
+                 signature_algorithm='auto', encryption_algorithm='auto', allow_legacy=False, ra_fingerprint=None):
         self.transport = transport
         self.ca_identifier = ca_identifier
         self.pinned = pinned or []
@@ -198,30 +320,50 @@ class ScepClient(object):
         self.signature_algorithm = signature_algorithm
         self.encryption_algorithm = encryption_algorithm
         self.allow_legacy = allow_legacy
+        self.ra_fingerprints = normalise_ra_fingerprints(ra_fingerprint)
         self.caps = None
         self.ca_certificates = None
 
+    def _caps(self):
+        """GetCACaps, or None when it failed and both algorithms were set (a failure is no licence to downgrade)."""
+        try:
+            return self.transport.get_ca_caps(self.ca_identifier)
+        except ScepCapsError as exc:
+            if self.signature_algorithm != 'auto' and self.encryption_algorithm != 'auto':
+                return None
+            raise ScepError('%s; without the server\'s capabilities SCEP falls back to SHA-1, 3DES and GET, so the run '
+                            'stops here: repair GetCACaps on the server, or set signature_algorithm and '
+                            'encryption_algorithm (requests then go by GET)' % exc)
+
     def discover(self):
-        self.caps = self.transport.get_ca_caps(self.ca_identifier)
+        self.caps = self._caps()
         content_type, data = self.transport.get_ca_cert(self.ca_identifier)
         certificates = parse_ca_certificates(content_type, data)
         pinned = list(self.pinned)
         if self.pinned_fingerprint is not None:
             name, value = self.pinned_fingerprint
             pinned += [cert for cert in certificates if fingerprint(cert, name) == value]
-        self.ca_certificates = CaCertificates(certificates, pinned)
+        self.ca_certificates = CaCertificates(certificates, pinned, self.ra_fingerprints)
+        self.ca_certificates.check_ra_fingerprints()
         self.digest, self.cipher, self.use_post = choose_algorithms(
-            self.caps, self.signature_algorithm, self.encryption_algorithm, self.allow_legacy)
+            self.caps or [], self.signature_algorithm, self.encryption_algorithm, self.allow_legacy)
         return self.ca_certificates
 
     def exchange(self, message_type, message_data, signer_key, signer_cert, transaction_id):
-        """Send one pkiMessage and return the checked CertRep."""
+        """Send one pkiMessage and return the CertRep, checked against the pinned CA and its RA certificates."""
         nonce = os.urandom(16)
         message = pki_message(message_type, message_data, signer_key, signer_cert,
                               self.ca_certificates.encryption_certificates(), transaction_id, nonce,
                               self.digest, self.cipher)
         reply = self.transport.pki_operation(message, self.use_post)
-        return check_cert_rep(reply, self.ca_certificates.trusted, transaction_id, nonce)
+        return check_cert_rep(reply, self.ca_certificates.signing_certificates(), transaction_id, nonce,
+                              known=self.ca_certificates.all, refusal=self._refusal)
+
+    def _refusal(self, signer):
+        """The message for a CertRep signed by ``signer`` (None: a certificate nobody sent), which is no RA."""
+        who = subject_text(signer) if signer is not None else 'a certificate the server did not send'
+        return ('the SCEP reply is not signed by the pinned CA or an RA certificate it issued: its signer %s is not an '
+                'RA for signing (%s); refused, because %s' % (who, self.ca_certificates.why_not_signer(signer), RA_RULE))
 
     def issued_certificate(self, cert_rep, decrypt_key, request_public_key):
         """(certificate, chain) from a SUCCESS reply, checked against the request's key and the CA."""

@@ -14,6 +14,7 @@ import datetime
 import hashlib
 import os
 
+from ansible_collections.tokenfleet.pki.plugins.module_utils.bounded_http import server_text
 from ansible_collections.tokenfleet.pki.plugins.module_utils.common import PkiError
 from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import HAS_CRYPTOGRAPHY, public_key_der
 
@@ -123,7 +124,7 @@ def envelope(plaintext, recipients, cipher_name):
         public_key = certificate.public_key()
         if not isinstance(public_key, rsa.RSAPublicKey):
             raise ScepError('the SCEP server\'s encryption certificate (%s) has no RSA key; SCEP encrypts requests with RSA'
-                            % certificate.subject.rfc4514_string())
+                            % server_text(certificate.subject.rfc4514_string()))
         recipient_infos.append(cms.RecipientInfo(name='ktri', value={
             'version': 'v0',
             'rid': cms.RecipientIdentifier(name='issuer_and_serial_number', value=_issuer_and_serial(certificate)),
@@ -178,7 +179,7 @@ def open_envelope(data, private_key):
         iv = algorithm['parameters'].native
         ciphertext = _encrypted_content(encrypted)
     except (ValueError, TypeError, KeyError) as exc:
-        raise ScepError('the SCEP reply\'s encrypted envelope cannot be parsed: %s' % exc)
+        raise ScepError('the SCEP reply\'s encrypted envelope cannot be parsed: %s' % server_text(exc))
     if cipher_name is None:
         raise ScepError('the SCEP reply is encrypted with %s, which is not supported' % algorithm['algorithm'].dotted)
     if scheme == 'rsaes_oaep':
@@ -278,9 +279,10 @@ class CertRep(object):
 
     def failure_message(self):
         name, meaning = FAIL_INFO.get(self.fail_info, ('failInfo %s' % self.fail_info, 'unknown failure code'))
-        text = '; the server says: %s' % self.fail_info_text if self.fail_info_text else ''
+        text = server_text(self.fail_info_text)
+        text = '; the server says: %s' % text if text else ''
         return 'the SCEP server rejected the request: FAILURE %s (%s: %s)%s' % (
-            self.fail_info, name, meaning, text)
+            server_text(self.fail_info), server_text(name), meaning, text)
 
 
 def _attribute_values(signer_info):
@@ -323,12 +325,24 @@ def _verify(certificate, signature, data, digest_name, signature_algorithm):
         raise ScepError('the SCEP reply\'s signature does not verify with the pinned CA or its RA certificate')
 
 
-def check_cert_rep(data, trusted, transaction_id, sender_nonce):
-    """Parse and check a CertRep against the pinned CA/RA certificates and our request."""
+def _embedded_certificates(signed):
+    try:
+        return [x509.load_der_x509_certificate(choice.chosen.dump()) for choice in signed['certificates'] or []
+                if choice.name == 'certificate']
+    except (ValueError, TypeError, KeyError):
+        return []
+
+
+def check_cert_rep(data, trusted, transaction_id, sender_nonce, known=(), refusal=None):
+    """Parse and check a CertRep against our request and ``trusted``, the certificates that may sign it.
+
+    A reply signed by any other certificate is refused with ``refusal(signer)``, the signer looked up
+    among ``known`` and the reply's own certificates (None when it is in neither).
+    """
     try:
         info = cms.ContentInfo.load(data)
         if info['content_type'].native != 'signed_data':
-            raise ScepError('the SCEP reply is not a signed message (content type %s)' % info['content_type'].native)
+            raise ScepError('the SCEP reply is not a signed message (content type %s)' % server_text(info['content_type'].native))
         signed = info['content']
         signer_infos = list(signed['signer_infos'])
         if len(signer_infos) != 1:
@@ -350,19 +364,23 @@ def check_cert_rep(data, trusted, transaction_id, sender_nonce):
         fail_info = _as(attrs[OID_FAIL_INFO], core.PrintableString) if OID_FAIL_INFO in attrs else None
         fail_text = _as(attrs[OID_FAIL_INFO_TEXT], core.UTF8String) if OID_FAIL_INFO_TEXT in attrs else None
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise ScepError('the SCEP reply is not a valid SCEP message (%s)' % exc)
+        raise ScepError('the SCEP reply is not a valid SCEP message (%s)' % server_text(exc))
     if digest_name not in DIGESTS:
-        raise ScepError('the SCEP reply is signed with digest %s, which is not supported' % digest_name)
+        raise ScepError('the SCEP reply is signed with digest %s, which is not supported' % server_text(digest_name))
     signer = _find_signer(sid, trusted)
     if signer is None:
+        other = _find_signer(sid, list(known) + _embedded_certificates(signed))
+        if refusal is not None:
+            raise ScepError(refusal(other))
         raise ScepError('the SCEP reply is not signed by the pinned CA or an RA certificate it issued')
     _verify(signer, signature, signed_attrs, digest_name, signature_algorithm)
     if message_digest != _digest(digest_name, content):
         raise ScepError('the SCEP reply\'s message digest does not match its content (damaged or altered reply)')
     if message_type != MESSAGE_TYPES['CertRep']:
-        raise ScepError('the SCEP reply has message type %s, not CertRep (3)' % message_type)
+        raise ScepError('the SCEP reply has message type %s, not CertRep (3)' % (server_text(message_type) or 'none'))
     if reply_transaction != transaction_id:
-        raise ScepError('the SCEP reply is for transaction %s, not for this request (%s)' % (reply_transaction, transaction_id))
+        raise ScepError('the SCEP reply is for transaction %s, not for this request (%s)'
+                        % (server_text(reply_transaction), transaction_id))
     if recipient_nonce != sender_nonce:
         raise ScepError('the SCEP reply\'s recipient nonce does not match this request\'s nonce (replayed or misrouted reply)')
     if status == STATUS_SUCCESS:
@@ -373,7 +391,7 @@ def check_cert_rep(data, trusted, transaction_id, sender_nonce):
         return CertRep(status, fail_info=fail_info, fail_info_text=fail_text, signer=signer)
     if status == STATUS_PENDING:
         return CertRep(status, signer=signer)
-    raise ScepError('the SCEP reply has an unknown pkiStatus %r' % status)
+    raise ScepError('the SCEP reply has an unknown pkiStatus %s' % server_text(repr(status)))
 
 
 def certificates_from_pkcs7(data):
@@ -385,4 +403,4 @@ def certificates_from_pkcs7(data):
         return [x509.load_der_x509_certificate(choice.chosen.dump()) for choice in info['content']['certificates']
                 if choice.name == 'certificate']
     except (ValueError, TypeError, KeyError) as exc:
-        raise ScepError('the SCEP server sent certificates that cannot be parsed: %s' % exc)
+        raise ScepError('the SCEP server sent certificates that cannot be parsed: %s' % server_text(exc))
