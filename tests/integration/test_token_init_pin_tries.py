@@ -102,9 +102,9 @@ def test_wrong_current_pin_costs_one_try_and_names_user_pin(softhsm, run_playboo
                        env=env, verbosity=3)
     record = run.result('change')
     assert record['status'] == 'failed'
+    assert user_logins(log) == ['CKR_PIN_INCORRECT']
     assert re.match(r"user_pin was rejected by 'ws-001' \(serial \w+\) \(PIN incorrect\): one login try was spent and "
                     r'no other PIN is tried in this run', record['result']['msg']), record['result']['msg']
-    assert user_logins(log) == ['CKR_PIN_INCORRECT']
     run.assert_not_leaked(so_pin, current, wrong, new)
     assert can_log_in(softhsm, current)
 
@@ -165,10 +165,10 @@ def test_both_pins_wrong_cost_exactly_one_failed_login(softhsm, run_playbook, sp
                        env=env, verbosity=3)
     record = run.result('both wrong')
     assert record['status'] == 'failed'
+    assert user_logins(log) == ['CKR_PIN_INCORRECT']
     tried = 'new_user_pin' if rotated_before else 'user_pin'
     assert record['result']['msg'].startswith('%s was rejected by ' % tried)
     assert 'one login try was spent' in record['result']['msg']
-    assert user_logins(log) == ['CKR_PIN_INCORRECT']
     run.assert_not_leaked(so_pin, current, wrong_current, wrong_new)
     assert can_log_in(softhsm, current)
 
