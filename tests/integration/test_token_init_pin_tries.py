@@ -273,3 +273,23 @@ def test_bad_version_is_refused_before_any_login(softhsm, run_playbook, spy, opt
     assert run.result('bad')['result']['msg'] == message
     assert user_logins(log) == []
     run.assert_not_leaked(new, current)
+
+
+def test_so_reset_and_first_pin_spend_no_failed_login(softhsm, run_playbook, spy, tmp_path):
+    """The SO sets new_user_pin (forgotten PIN; a new token): no user login fails, reruns confirm the PIN once."""
+    so_pin, forgotten, new, other_so, first, other_new = (random_pin() for dummy in range(6))
+    softhsm.init_token('ws-001', so_pin, forgotten)
+    new_token = init_args(label='ws-002', so_pin=other_so, user_pin=first, new_user_pin=other_new)
+    log, env = spy()
+    run = run_playbook(four_run_tasks('token_init', init_args(so_pin=so_pin, new_user_pin=new))
+                       + [module_task('token_init', 'new token', new_token),
+                          module_task('token_init', 'new token again', new_token)],
+                       env=env, verbosity=3)
+    assert_four_run(run, FOUR_RUN)
+    assert run.result('run 1')['result']['actions'] == ['reset user PIN as SO']
+    assert run.result('new token')['result']['actions'] == ['initialise token', 'set user PIN']
+    assert (run.result('new token again')['status'], run.result('new token again')['changed']) == ('ok', False)
+    assert user_logins(log) == ['CKR_OK', 'CKR_OK']
+    assert can_log_in(softhsm, new)
+    assert softhsm.pkcs11_tool('--token-label', 'ws-002', '--login', '--list-objects', pin=other_new, check=False).returncode == 0
+    run.assert_not_leaked(so_pin, forgotten, new, other_so, first, other_new)

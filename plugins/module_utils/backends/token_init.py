@@ -164,6 +164,8 @@ class TokenInitBackend(object):
         """C_InitPIN as SO; a generated PIN is staged in its file first and put in place once it is set.
 
         Setting new_user_pin also records that on the token (see PinRecord), in the same SO session.
+        A kill between the two leaves a record of a PIN that is not set; the next run finds
+        new_user_pin refused and the SO sets it again.
         """
         staged = None
         record = pin is not None and pin == self.new_user_pin
@@ -173,9 +175,14 @@ class TokenInitBackend(object):
             staged = StagedFile(self.module, params['user_pin_path'], pin + '\n')
         try:
             with TokenSession(self.library, token, rw=True, so_pin=self.so_pin) as session:
-                session.session.init_pin(pin)
-                if record:
+                if record:  # first, so that a token that cannot keep the record is left as it was
                     PinRecord.write(session, PinRecord.SET, self.version)
+                try:
+                    session.session.init_pin(pin)
+                except pkcs11.PKCS11Error:
+                    if record:
+                        PinRecord.write(session, None, None, remove=True)
+                    raise
         except pkcs11.PKCS11Error as exc:
             if staged:
                 staged.discard()
@@ -362,4 +369,5 @@ class PinRecord(object):
             for obj in found:
                 obj.destroy()
         except pkcs11.PKCS11Error as exc:
-            raise TokenError('writing the user PIN record on %s failed: %s' % (token_summary(session.token), describe_error(exc)))
+            raise TokenError("writing the user PIN record ('%s', a public data object token_init needs to change the PIN with "
+                             'one login try) on %s failed: %s' % (cls.LABEL, token_summary(session.token), describe_error(exc)))
