@@ -169,7 +169,10 @@ user_pin_path:
   type: str
   sample: /root/token-user-pin
 actions:
-  description: What was done, or would be done in check mode.
+  description:
+    - What was done, or would be done in check mode. V(initialise token), V(wipe and re-initialise token),
+      V(set user PIN), V(change user PIN), V(reset user PIN as SO), V(record user PIN version) (user_pin equals
+      new_user_pin, and the record on the token did not say so yet).
   returned: always
   type: list
   elements: str

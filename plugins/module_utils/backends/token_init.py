@@ -233,9 +233,9 @@ class TokenInitBackend(object):
         except LoginFailed as exc:
             if not exc.pin_incorrect:
                 raise
-            raise TokenError('%s was rejected by %s (PIN incorrect): one login try was spent and no other PIN is '
-                             'tried in this run, so that the token does not lock. %s'
-                             % (option, token_summary(token), why))
+            raise LoginFailed('%s was rejected by %s (PIN incorrect): one login try was spent and no other PIN is '
+                              'tried in this run, so that the token does not lock. %s'
+                              % (option, token_summary(token), why), pin_incorrect=True)
 
     def _confirm_new_pin(self, token, record):
         """user_pin equals new_user_pin: check it once and record it, so that later rotations know it."""
@@ -253,6 +253,9 @@ class TokenInitBackend(object):
         """No user_pin: the SO sets new_user_pin, unless the record says it is set and a login confirms it."""
         if recorded:
             if self.check_mode:
+                return
+            if self.so_pin is None:
+                self._log_in(token, self.new_user_pin, 'new_user_pin', self._why_new_pin()).close()
                 return
             try:
                 TokenSession(self.library, token, user_pin=self.new_user_pin).close()
@@ -283,8 +286,8 @@ class TokenInitBackend(object):
             why = 'user_pin was tried because the token has no record that token_init set new_user_pin.'
         try:
             session = self._log_in(token, self.user_pin, 'user_pin', why, rw=True)
-        except TokenError:
-            if interrupted is not None:
+        except LoginFailed as exc:
+            if interrupted is not None and exc.pin_incorrect:
                 with TokenSession(self.library, token, rw=True) as public:
                     PinRecord.write(public, PinRecord.SET, self.version)
             raise
