@@ -33,6 +33,14 @@ class TokenError(PkiError):
     """A failure whose message is safe to show: it never contains a PIN or passphrase."""
 
 
+class LoginFailed(TokenError):
+    """A login that did not succeed; ``pin_incorrect`` says whether the token counted a failed try."""
+
+    def __init__(self, message, pin_incorrect=False):
+        super(LoginFailed, self).__init__(message)
+        self.pin_incorrect = pin_incorrect
+
+
 def pkcs11_module_argument_spec():
     """The module option (``tokenfleet.pki.token.module`` fragment)."""
     return dict(pkcs11_module=dict(type='path', fallback=(env_fallback, ['PKCS11_MODULE'])))
@@ -267,14 +275,14 @@ class TokenSession(object):
         self.token = token
         role = 'SO' if so_pin is not None else 'user'
         if token.flags & (TokenFlag.SO_PIN_LOCKED if so_pin is not None else TokenFlag.USER_PIN_LOCKED):
-            raise TokenError(_login_failure_message(pkcs11.PinLocked(), role, token.label))
+            raise LoginFailed(_login_failure_message(pkcs11.PinLocked(), role, token.label))
         try:
             self.session = token.open(rw=rw, user_pin=user_pin, so_pin=so_pin)
         except pkcs11.PKCS11Error as exc:
             library.reset()
             if user_pin is None and so_pin is None:
                 raise TokenError("cannot open a session on token '%s': %s" % (token.label, describe_error(exc)))
-            raise TokenError(_login_failure_message(exc, role, token.label))
+            raise LoginFailed(_login_failure_message(exc, role, token.label), isinstance(exc, pkcs11.PinIncorrect))
         self.logged_in = user_pin is not None or so_pin is not None
 
     def close(self):

@@ -295,8 +295,8 @@ def create_certificate(session, certificate, label, object_id):
         raise TokenError('writing certificate %r to the token failed: %s' % (label, describe_error(exc)))
 
 
-def import_private_key(session, private_key, label, object_id, usage, extractable=False):
-    """Create the private and public key objects for a software key (from a PKCS#12)."""
+def _import_templates(private_key, label, object_id, usage, extractable):
+    """(private, public) object templates for a software key (from a PKCS#12)."""
     capabilities = _capabilities(usage)
     if isinstance(private_key, rsa.RSAPrivateKey):
         der = private_key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL,
@@ -318,11 +318,24 @@ def import_private_key(session, private_key, label, object_id, usage, extractabl
     private_template.update({Attribute.LABEL: label, Attribute.ID: object_id})
     public_template.update(_PUBLIC_KEY_TEMPLATE)
     public_template.update({Attribute.LABEL: label, Attribute.ID: object_id})
+    return private_template, public_template
+
+
+def import_private_key(session, private_key, label, object_id, usage, extractable=False, public=True, private=True):
+    """Create the key objects for a software key (from a PKCS#12): the public one, then the private one.
+
+    ``public``/``private`` false skip a half that is already on the token. The public half goes
+    first because it carries the whole public key: after a kill between the two, the next run
+    recognises it and adds the private half, where a lone EC private key could not be recognised.
+    """
+    private_template, public_template = _import_templates(private_key, label, object_id, usage, extractable)
     created = []
     try:
-        created.append(session.session.create_object(private_template))
-        created.append(session.session.create_object(public_template))
+        if public:
+            created.append(session.session.create_object(public_template))
+        if private:
+            created.append(session.session.create_object(private_template))
     except pkcs11.PKCS11Error as exc:
-        destroy(created)
+        destroy(list(reversed(created)))
         raise TokenError('importing the key %r to the token failed: %s' % (label, describe_error(exc)))
     return created

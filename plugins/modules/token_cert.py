@@ -21,6 +21,12 @@ description:
   - With O(pkcs12_path), imports the private key and certificate of a PKCS#12 (C(.p12)/C(.pfx)) file, for example an
     ePUAP integration certificate, as a private, sensitive, non-extractable private key, its public key and the
     certificate, all with one id and label.
+  - B(Crash safety.) The objects are written in this order, public key, private key, certificate, and stale
+    certificates are deleted last. A run killed at any point leaves a prefix of that (or the old certificate next to
+    the new one); the next run completes it. It adds the missing half of the p12 key (a lone EC private key is
+    recognised by a test signature the p12's public key verifies), writes the missing certificate, and deletes every
+    other certificate object with the label or id, duplicates included, so exactly one key pair and one certificate
+    remain.
   - O(state=absent) deletes the certificate objects selected by O(label) and/or O(id), or the ones equal to the
     certificate in O(certificate_path) or O(certificate_content). Keys are not touched; delete a key and its
     certificates with M(tokenfleet.pki.token_key).
@@ -195,6 +201,7 @@ key_found:
 actions:
   description:
     - What was done (or would be done in check mode), in order. V(import key) (from O(pkcs12_path)),
+      V(import private key) or V(import public key) (the half of a p12 key an interrupted import left out),
       V(write certificate), V(delete 1 old certificate) (a replaced certificate, deleted after the new one was
       written), V(delete 1 certificate) (O(state=absent)). Empty when nothing changed.
   returned: always

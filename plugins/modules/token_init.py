@@ -76,11 +76,34 @@ options:
     type: path
   new_user_pin:
     description:
-      - Change the user PIN to this value.
-      - Whether it already is the PIN is checked by logging in with it once, unless the token reports earlier failed
-        logins (then that check is skipped, so it never brings the token closer to locking). If it is not the PIN,
-        the module logs in once with O(user_pin) and changes it; without O(user_pin), the SO resets it with O(so_pin),
-        which also unblocks a locked user PIN.
+      - Change the user PIN to this value. With O(user_pin) (the current PIN) the user changes it (C_SetPIN); without
+        O(user_pin), the SO resets it with O(so_pin) (C_InitPIN), which also unblocks a locked user PIN.
+      - B(One PIN try.) A run logs in with at most one user PIN, and a PIN the token refuses ends the run. A wrong PIN
+        costs exactly one failed login per run, also when O(user_pin) and O(new_user_pin) are both wrong.
+      - Which PIN is current cannot be learnt from a token without a login, so token_init keeps a record on the token,
+        a public data object labelled C(tokenfleet.pki user PIN) (application C(tokenfleet.pki.token_init)) whose
+        value is only C({"seq":...,"state":"set","version":...}), a write counter and the O(new_user_pin_version) of the PIN it set last. It holds
+        nothing derived from a PIN (no hash, MAC or ciphertext), so it does not help anyone guess one.
+      - When the record says token_init set O(new_user_pin) of this O(new_user_pin_version), the module logs in with
+        O(new_user_pin) to confirm it and changes nothing. Otherwise it logs in with O(user_pin) and changes the PIN.
+        In check mode it reads the record only and never logs in, so it cannot tell that a PIN is wrong.
+      - Limits. A PIN changed outside token_init, or a record someone changed or removed, makes the module try the
+        PIN that is no longer current; that run fails after one try and says which PIN it tried and why. Give the
+        current PIN as O(user_pin) with a new O(new_user_pin_version) to go on. To confirm a PIN set outside
+        token_init and record it, give it as both O(user_pin) and O(new_user_pin).
+      - A run killed while changing the PIN leaves the record in state C(changing); the next run with the same
+        O(new_user_pin_version) tries O(user_pin) and completes the change, or, if the token refuses O(user_pin),
+        records that the change went through and fails; the run after that confirms O(new_user_pin).
+    type: str
+  new_user_pin_version:
+    description:
+      - A public name for O(new_user_pin), such as V(2026-12) or a change ticket. It is not secret and must not be a
+        PIN, as it is stored in the record described in O(new_user_pin) for anyone to read.
+      - It tells a repeated run (the token already has O(new_user_pin)) from the next rotation (O(user_pin) is the
+        PIN the previous rotation set, O(new_user_pin) a newer one). Give every rotation a new value.
+      - Without it, a token on which token_init recorded a PIN it set is taken to hold O(new_user_pin) (a repeated
+        run); a later rotation without a new O(new_user_pin_version) then fails after one try.
+      - At most 64 printable characters.
     type: str
   force:
     description:
@@ -89,7 +112,8 @@ options:
     type: bool
     default: false
 notes:
-  - Secrets (O(so_pin), O(user_pin), O(new_user_pin)) are never logged or returned; a wrong PIN is tried once.
+  - Secrets (O(so_pin), O(user_pin), O(new_user_pin)) are never logged or returned; a wrong PIN is tried once and
+    ends the run (see O(new_user_pin)).
 seealso:
   - module: tokenfleet.pki.token_info
   - module: tokenfleet.pki.token_key
@@ -107,12 +131,13 @@ EXAMPLES = r"""
     user_pin_path: /root/token-user-pin
   no_log: true
 
-- name: Rotate the user PIN (reruns are no-ops once the new PIN is set)
+- name: Rotate the user PIN (reruns are no-ops once the new PIN is set; the next rotation gets a new version)
   tokenfleet.pki.token_init:
     pkcs11_module: /usr/lib/softhsm/libsofthsm2.so
     label: ws-001
     user_pin: "{{ old_user_pin }}"
     new_user_pin: "{{ new_user_pin }}"
+    new_user_pin_version: "2026-12"
 
 - name: Unblock a locked user PIN with the SO PIN
   tokenfleet.pki.token_init:
@@ -144,7 +169,10 @@ user_pin_path:
   type: str
   sample: /root/token-user-pin
 actions:
-  description: What was done, or would be done in check mode.
+  description:
+    - What was done, or would be done in check mode. V(initialise token), V(wipe and re-initialise token),
+      V(set user PIN), V(change user PIN), V(reset user PIN as SO), V(record user PIN version) (user_pin equals
+      new_user_pin, and the record on the token did not say so yet).
   returned: always
   type: list
   elements: str
@@ -173,6 +201,7 @@ def main():
         user_pin_digits_only=dict(type='bool', default=False),
         user_pin_path=dict(type='path'),
         new_user_pin=dict(type='str', no_log=True),
+        new_user_pin_version=dict(type='str', no_log=False),
         force=dict(type='bool', default=False),
     )
     module = AnsibleModule(argument_spec=argument_spec, mutually_exclusive=[('token_serial', 'slot_id')],

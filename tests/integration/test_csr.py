@@ -245,3 +245,20 @@ def test_rsa_token_without_hash_and_sign_mechanisms_signs_a_host_made_digest(sof
     csr = read_request(path)
     assert csr.signature_hash_algorithm.name == 'sha256'
     assert isinstance(csr.signature_algorithm_parameters, padding.PSS) == (rsa_padding == 'pss')
+
+
+@pytest.mark.parametrize('state', ['present', 'absent'])
+def test_path_that_is_a_directory_names_the_option(token, run_playbook, tmp_path, state):
+    directory = tmp_path / 'requests'
+    directory.mkdir()
+    (directory / 'keep').write_text('kept')
+    args = dict(token_args(token), key_label='k', path=str(directory), common_name='mfp01.example.com', state=state)
+    run = run_playbook([module_task('token_key', 'key', dict(token_args(token), label='k', type='ec')),
+                        module_task('csr', 'directory', args),
+                        module_task('csr', 'directory, check mode', args, check=True)], verbosity=3)
+    for name in ('directory', 'directory, check mode'):
+        record = run.result(name)
+        assert record['status'] == 'failed'
+        assert record['result']['msg'] == 'path %s is a directory, not a file' % directory
+    assert sorted(os.listdir(directory)) == ['keep'] and (directory / 'keep').read_text() == 'kept'
+    run.assert_not_leaked(token['user'])

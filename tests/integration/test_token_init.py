@@ -118,14 +118,18 @@ def test_wrong_so_pin_on_reinitialise_leaves_token_as_it_was(softhsm, run_playbo
     (dict(user_pin='random', user_pin_path='/tmp/x', user_pin_length=3), 'user_pin_length must be between 4 and 31 (got 3)'),
     (dict(user_pin='random', user_pin_path='/tmp/x', user_pin_length=32), 'user_pin_length must be between 4 and 31 (got 32)'),
     (dict(user_pin='random', user_pin_path='/nonexistent-dir/pin'), 'the directory of user_pin_path (/nonexistent-dir) does not exist'),
+    (dict(user_pin='random', user_pin_path='{tmp}'), 'user_pin_path {tmp} is a directory, not a file'),
     (dict(label='x' * 33, user_pin='12345678'), 'label must be at most 32 bytes long'),
     (dict(user_pin='12345678', token_serial='nope'), "no token with serial 'nope'; tokens present: an uninitialised token"),
     (dict(user_pin='12345678', so_pin=None), 'so_pin is required to initialise a token (or set PKCS11_SO_PIN)'),
     (dict(), 'user_pin is required when a token is initialised (a PIN, or "random" to generate one)'),
 ])
-def test_bad_input_is_a_clear_error_and_initialises_nothing(softhsm, run_playbook, options, message):
+def test_bad_input_is_a_clear_error_and_initialises_nothing(softhsm, run_playbook, tmp_path, options, message):
     args = dict(label='ws-001', so_pin=random_pin())
     args.update(options)
+    if args.get('user_pin_path') == '{tmp}':
+        args['user_pin_path'] = str(tmp_path)
+        message = message.format(tmp=tmp_path)
     args = dict((k, v) for k, v in args.items() if v is not None)
     record = run_playbook([init_task(softhsm, 'bad', **args)]).result('bad')
     assert record['status'] == 'failed'

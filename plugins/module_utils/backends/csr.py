@@ -8,8 +8,10 @@ from __future__ import annotations
 import os
 
 from ansible_collections.tokenfleet.pki.plugins.module_utils.files import (
+    FileError,
     apply_file_attributes,
     check_parent_directory,
+    read_file,
     write_file,
 )
 from ansible_collections.tokenfleet.pki.plugins.module_utils.signer import KeySource
@@ -29,6 +31,8 @@ class CsrBackend(object):
         self.path = params['path']
         self.state = params['state']
         check_parent_directory(self.path, 'path')
+        if os.path.isdir(self.path):
+            raise FileError('path %s is a directory, not a file' % self.path)
         if params['return_content'] and params.get('challenge_password'):
             # Base64 inside the PEM, the password would escape Ansible's no_log masking.
             raise RequestError('return_content cannot be used with challenge_password: the request carries the '
@@ -41,8 +45,7 @@ class CsrBackend(object):
     def _existing(self):
         if not os.path.exists(self.path):
             return None, None
-        with open(self.path, 'rb') as handle:
-            data = handle.read()
+        data = read_file(self.path, 'path')
         try:
             return data, load_request(data, 'path %s' % self.path)
         except RequestError:

@@ -5,7 +5,10 @@
 
 from __future__ import annotations
 
+import os
+
 from ansible_collections.tokenfleet.pki.plugins.module_utils.files import read_file
+from ansible_collections.tokenfleet.pki.plugins.module_utils.signer import SignerError, TokenECPrivateKey
 from ansible_collections.tokenfleet.pki.plugins.module_utils.token import (
     HAS_PKCS11,
     TokenError,
@@ -21,6 +24,8 @@ from ansible_collections.tokenfleet.pki.plugins.module_utils.token_objects impor
     destroy,
     find_key_for_public_key,
     import_private_key,
+    matching_public_object,
+    public_key_from_objects,
 )
 from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import (
     HAS_CRYPTOGRAPHY,
@@ -37,7 +42,10 @@ if HAS_PKCS11:
     from pkcs11 import Attribute, ObjectClass
 
 if HAS_CRYPTOGRAPHY:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
     from cryptography.hazmat.primitives.serialization import pkcs12
 
 try:
@@ -93,6 +101,18 @@ def load_pkcs12(path, passphrase):
 
 def _handle_set(objects):
     return set(obj.handle for obj in objects)
+
+
+def _signs_for(private, public_key):
+    """Whether the token EC key ``private`` makes signatures that ``public_key`` verifies."""
+    digest = os.urandom(32)
+    algorithm = ec.ECDSA(Prehashed(hashes.SHA256()))
+    try:
+        signature = TokenECPrivateKey(private, public_key, []).sign(digest, algorithm)
+        public_key.verify(signature, digest, algorithm)
+    except (SignerError, InvalidSignature):
+        return False
+    return True
 
 
 class TokenCertBackend(object):
@@ -215,13 +235,17 @@ class TokenCertBackend(object):
         der = certificate_der(certificate)
         key_private, key_public = find_key_for_public_key(self.session, certificate.public_key())
         if self.private_key is not None:
-            key = key_private  # a p12 key is imported unless its private half is already on the token
+            # a p12 key is imported unless its private half is already on the token
+            if key_private is None:
+                key_private = self._imported_private_half(key_public)
+            key = key_private if key_private is not None else key_public
         else:
             key = key_private if key_private is not None else key_public
-        key_found = key is not None
+        key_found = key_private is not None if self.private_key is not None else key is not None
         label, object_id = self._target(key)
-        import_key = self.private_key is not None and key_private is None
-        if import_key:
+        import_private = self.private_key is not None and key_private is None
+        import_public = self.private_key is not None and key_public is None
+        if import_private:
             self._check_import_conflicts(label, object_id)
 
         existing = self._certificates(object_id=object_id)
@@ -234,8 +258,9 @@ class TokenCertBackend(object):
         self._check_label_owner([obj for obj in stale if obj[Attribute.ID] != object_id], key_private)
 
         before = [self._facts(obj) for obj in existing]
-        if import_key:
-            self.actions.append('import key')
+        if import_private or import_public:
+            self.actions.append({(True, True): 'import key', (True, False): 'import private key',
+                                 (False, True): 'import public key'}[(import_private, import_public)])
         if keep is None:
             self.actions.append('write certificate')
         if stale:
@@ -243,7 +268,7 @@ class TokenCertBackend(object):
         self.changed = bool(self.actions)
 
         if self.changed and not self.check_mode:
-            self._write(label, object_id, der, import_key, keep is None, stale)
+            self._write(label, object_id, der, (import_public, import_private), keep is None, stale)
 
         facts = dict(label=label, id=object_id.hex(), uri=pkcs11_uri(self.token, label, object_id, 'cert'))
         facts.update(certificate_facts(certificate))
@@ -251,17 +276,45 @@ class TokenCertBackend(object):
         result = dict(facts, key_found=key_found)
         result['diff'] = dict(before=dict(certificates=before), after=dict(certificates=after))
         if self.private_key is not None:
-            result['diff']['before']['key_on_token'] = not import_key
+            result['diff']['before']['key_on_token'] = not import_private
             result['diff']['after']['key_on_token'] = True
         return result
 
+    def _imported_private_half(self, key_public):
+        """The private half of the p12 key left on the token by an import that was killed, or None.
+
+        An EC private key object carries no public point, so it is recognised by a test signature
+        that the p12's public key verifies. Only keys with the label or id the import gives are tried.
+        """
+        public_key = self.private_key.public_key()
+        if not isinstance(public_key, ec.EllipticCurvePublicKey):
+            return None  # an RSA private key carries its modulus: find_key_for_public_key has looked already
+        labels = set(x for x in (self.label, key_public.label if key_public is not None else None) if x)
+        ids = set(x for x in (self.object_id, subject_key_identifier(public_key),
+                              key_public.id if key_public is not None else None) if x)
+        candidates = {}
+        for value in labels:
+            candidates.update((obj.handle, obj) for obj in self.session.find(ObjectClass.PRIVATE_KEY, label=value))
+        for value in ids:
+            candidates.update((obj.handle, obj) for obj in self.session.find(ObjectClass.PRIVATE_KEY, object_id=value))
+        for obj in candidates.values():
+            if public_key_from_objects(obj, matching_public_object(self.session, obj)) is None and _signs_for(obj, public_key):
+                return obj
+        return None
+
     def _write(self, label, object_id, der, import_key, write_certificate, stale):
-        """New objects first; the old certificates go only once the new one reads back correctly."""
+        """New objects first; the old certificates go only once the new one reads back correctly.
+
+        ``import_key`` is (public half, private half) of the p12 key still to import; the key goes
+        before the certificate, so a kill never leaves a certificate for a key that is not there.
+        """
+        import_public, import_private = import_key
         created = []
         try:
-            if import_key:
+            if import_public or import_private:
                 usage = DEFAULT_USAGE['rsa' if isinstance(self.private_key, rsa.RSAPrivateKey) else 'ec']
-                created += import_private_key(self.session, self.private_key, label, object_id, usage)
+                created += import_private_key(self.session, self.private_key, label, object_id, usage,
+                                              public=import_public, private=import_private)
             if write_certificate:
                 new = create_certificate(self.session, self.certificate, label, object_id)
                 created.append(new)
