@@ -22,7 +22,7 @@ VENV := .venv
 DEPS_STAMP := $(VENV)/.requirements.stamp
 COLLECTIONS_ROOT := $(CURDIR)/.tmp/collections
 COLLECTION_LINK := .tmp/collections/ansible_collections/tokenfleet/pki
-DEBIAN_PACKAGES := softhsm2 opensc scep certmonger git chromium openssl openssh-client \
+DEBIAN_PACKAGES := softhsm2 opensc opensc-pkcs11 scep certmonger git chromium openssl openssh-client \
   golang-go golang-github-smallstep-certificates-dev
 STEPCA_BIN := .tmp/stepca/step-ca
 STEPCA_MAIN := tests/stepca/main.go
