@@ -4,9 +4,10 @@
 """A fake KSeF API 2.0 server (test double) that holds every exchange to the official OpenAPI document.
 
 No KSeF server can be reached from the tests, so this one stands in for it. It is written from
-the official contract (``../shared/ksef/open-api.json``, API 2.6.0, and the ``AuthTokenRequest``
-XSDs next to it) and from ``../shared/research/research-ksef.md``, never from the collection's
-client: nothing is imported from ``plugins/``.
+the official contract (``tests/fakes/ksef/open-api.json``, API 2.6.0, and the ``AuthTokenRequest``
+XSDs next to it; their source and terms are in ``tests/fakes/ksef/SOURCE.txt``) and from the
+project's research notes on the KSeF API, never from the collection's client: nothing is imported
+from ``plugins/``.
 
 In-process use (tests)::
 
@@ -96,9 +97,9 @@ from signxml.xades import XAdESSignatureConfiguration, XAdESVerifier
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# The official documents live outside the repository (see ../shared/ksef/SOURCE.txt);
-# KSEF_SPEC_DIR points elsewhere when needed.
-DEFAULT_SPEC_DIR = os.environ.get('KSEF_SPEC_DIR') or os.path.normpath(os.path.join(REPO_ROOT, '..', 'shared', 'ksef'))
+# The official documents, kept in the repository (source and terms: tests/fakes/ksef/SOURCE.txt);
+# KSEF_SPEC_DIR points elsewhere when needed (e.g. to try a newer API version).
+DEFAULT_SPEC_DIR = os.environ.get('KSEF_SPEC_DIR') or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'ksef')
 
 DS_NS = 'http://www.w3.org/2000/09/xmldsig#'
 AUTH_NAMESPACES = {
