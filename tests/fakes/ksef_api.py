@@ -575,6 +575,7 @@ class FakeKsef:
         self._requests: list[dict] = []
         self._limit_count, self._limit_count_retry, self._limit_count_paths = 0, 1, None
         self._storm_until, self._storm_retry, self._storm_paths = 0.0, 1, None
+        self._misbehaviours: list[tuple[str, t.Pattern[str], t.Callable[..., None]]] = []
         self._jwt_key = secrets.token_bytes(32)
 
         self._tmpdir: str | None = None
@@ -730,6 +731,26 @@ class FakeKsef:
         """Answer every request (optionally only under `paths`) with 429 for the next `seconds`."""
         with self._lock:
             self._storm_until, self._storm_retry, self._storm_paths = time.time() + seconds, int(retry_after), paths
+
+    def misbehave(self, method: str, path: str, behaviour: t.Callable[..., None]) -> None:
+        """Answer ``method`` requests whose path (after the ``/v2`` prefix) matches the regex ``path`` with
+        ``behaviour(handler, ctx)`` instead of the contract: a hostile server (see ksef_hostile.py). The request
+        is not validated or recorded by the fake; ``fake.dispatch(ctx)`` gives the contract's answer."""
+        with self._lock:
+            self._misbehaviours.append((method.upper(), re.compile(path), behaviour))
+
+    def behave(self) -> None:
+        """Forget every misbehave()."""
+        with self._lock:
+            self._misbehaviours.clear()
+
+    def misbehaviour(self, ctx: '_Ctx') -> t.Callable[..., None] | None:
+        path = ctx.path[len(self.spec.base_path):] if ctx.path.startswith(self.spec.base_path) else ctx.path
+        with self._lock:
+            for method, pattern, behaviour in self._misbehaviours:
+                if method == ctx.method.upper() and pattern.fullmatch(path):
+                    return behaviour
+        return None
 
     def clear_rate_limits(self) -> None:
         with self._lock:
@@ -983,7 +1004,8 @@ class FakeKsef:
 
     def dispatch(self, ctx: _Ctx) -> _Reply:
         """Validate, route, answer and validate the answer. Called by the HTTP handler."""
-        record = {'method': ctx.method, 'path': ctx.path, 'template': None, 'query': list(ctx.query), 'status': None}
+        record = {'method': ctx.method, 'path': ctx.path, 'template': None, 'query': list(ctx.query), 'status': None,
+                  'at': time.monotonic()}
         with self._lock:
             self._requests.append(record)
         try:
@@ -1624,6 +1646,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         ctx = _Ctx(method=self.command, path=split.path, query=urllib.parse.parse_qsl(split.query, keep_blank_values=True),
                    headers=self.headers, body=body, client_ip=self.client_address[0])
+        behaviour = self.server.fake.misbehaviour(ctx)
+        if behaviour is not None:
+            self.close_connection = True
+            try:
+                behaviour(self, ctx)
+            except OSError:
+                pass        # the client hung up: what a hostile answer is for
+            return
         reply = self.server.fake.dispatch(ctx)
         self.send_response(reply.status)
         if reply.body or reply.content_type:
