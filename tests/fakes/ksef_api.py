@@ -21,6 +21,8 @@ In-process use (tests)::
     fake.rate_limit(count=3, retry_after=1)        # the next 3 requests get 429 + Retry-After
     fake.rate_limit_storm(seconds=2, retry_after=1)
     fake.expire_challenges()                       # every challenge issued so far is expired
+    fake.misbehave('GET', '/tokens', ksef_hostile.Drip())   # a hostile answer there (tests/fakes/ksef_hostile.py)
+    fake.behave()                                  # the contract everywhere again
     fake.violations()                              # requests that broke the contract ([] is good)
     fake.stop()                                    # raises FakeKsefError if the fake itself misbehaved
 

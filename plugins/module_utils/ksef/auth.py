@@ -18,7 +18,7 @@ from urllib.parse import quote
 from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.tokenfleet.pki.plugins.module_utils.bounded_http import server_text
-from ansible_collections.tokenfleet.pki.plugins.module_utils.ksef.client import KsefApiError, KsefError
+from ansible_collections.tokenfleet.pki.plugins.module_utils.ksef.client import REFERENCE, KsefApiError, KsefError
 from ansible_collections.tokenfleet.pki.plugins.module_utils.signer import require_key_source_libraries
 from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import HAS_CRYPTOGRAPHY
 
@@ -55,7 +55,7 @@ STATUS_IN_PROGRESS, STATUS_SUCCESS = 100, 200
 # What the authentication answers must hold (client.check_shape); KSeF may add fields.
 CHALLENGE_SHAPE = {'challenge': str, 'timestampMs': int}
 PUBLIC_KEYS_SHAPE = [{'certificate': str, 'publicKeyId': str, 'usage?': [str], 'validFrom?': str}]
-INIT_SHAPE = {'referenceNumber': str, 'authenticationToken': {'token': str}}
+INIT_SHAPE = {'referenceNumber': REFERENCE, 'authenticationToken': {'token': str}}
 AUTH_STATUS_SHAPE = {'status': {'code': int, 'description?': str, 'details?': [str]}}
 REDEEM_SHAPE = {'accessToken': {'token': str}}
 

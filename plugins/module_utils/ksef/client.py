@@ -17,6 +17,7 @@ import email.utils
 import http.client
 import json
 import math
+import re
 import socket
 import time
 from urllib.error import HTTPError, URLError
@@ -45,6 +46,9 @@ MAX_ANSWER = 1024 * 1024
 # Waits after HTTP 429: at least RETRY_FLOOR seconds, doubling with each 429 of the run up to RETRY_CEILING,
 # longer when Retry-After asks for it; at most MAX_RATE_LIMITED answers 429 per run, all within max_wait.
 RETRY_FLOOR, RETRY_CEILING, MAX_RATE_LIMITED = 1.0, 60.0, 10
+# A reference number (36 characters in API 2.6, e.g. 20251010-EC-1DCE3E3000-12ECB5B36E-45), loosely: it goes
+# into URLs and messages, so it may hold no control characters, spaces or slashes.
+REFERENCE = re.compile(r'[0-9A-Za-z._-]{1,64}')
 
 
 class KsefError(PkiError):
@@ -69,9 +73,9 @@ def _kind(value):
 def check_shape(value, shape, endpoint, where=''):
     """``value`` (parsed JSON) when it has ``shape``, else KsefError naming the endpoint and the place.
 
-    ``shape`` is a type or a tuple of types, ``[item shape]``, or ``{key: shape}`` where a key ending
-    in ``?`` may be missing or null. Unknown keys are allowed (KSeF adds fields). Values are never
-    quoted: an answer may hold a secret.
+    ``shape`` is a type or a tuple of types, a compiled pattern a string must match whole, ``[item
+    shape]``, or ``{key: shape}`` where a key ending in ``?`` may be missing or null. Unknown keys are
+    allowed (KSeF adds fields). Values are never quoted: an answer may hold a secret.
     """
     def unexpected(problem):
         return KsefError('KSeF answered %s with JSON of an unexpected shape: %s' % (endpoint, problem))
@@ -88,6 +92,9 @@ def check_shape(value, shape, endpoint, where=''):
                     continue
                 raise unexpected('%s has no %s' % (name, key) if key not in value else '%s is null' % place)
             check_shape(value[key], inner, endpoint, place)
+    elif hasattr(shape, 'fullmatch'):
+        if not isinstance(value, str) or not shape.fullmatch(value):
+            raise unexpected('%s is %s' % (name, 'a string of another form' if isinstance(value, str) else _kind(value)))
     elif isinstance(shape, list):
         if not isinstance(value, list):
             raise unexpected('%s is %s, not a list' % (name, _kind(value)))

@@ -11,7 +11,7 @@ from urllib.parse import quote
 from ansible.module_utils.basic import env_fallback
 
 from ansible_collections.tokenfleet.pki.plugins.module_utils.ksef.auth import KsefSession, context_identifier
-from ansible_collections.tokenfleet.pki.plugins.module_utils.ksef.client import ENVIRONMENTS, KsefClient, KsefError
+from ansible_collections.tokenfleet.pki.plugins.module_utils.ksef.client import ENVIRONMENTS, REFERENCE, KsefClient, KsefError
 from ansible_collections.tokenfleet.pki.plugins.module_utils.signer import KeySource, key_source_argument_spec
 from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import load_certificate
 from ansible_collections.tokenfleet.pki.plugins.module_utils.files import read_file
@@ -26,11 +26,11 @@ MAX_PAGES = 100
 _CONTINUATION = re.compile(r'^[\x20-\x7e]{1,4096}$')
 
 # What the token answers must hold (client.check_shape); KSeF may add fields.
-TOKEN_SHAPE = {'referenceNumber': str, 'description': str, 'status': str, 'requestedPermissions?': [str],
+TOKEN_SHAPE = {'referenceNumber': REFERENCE, 'description': str, 'status': str, 'requestedPermissions?': [str],
                'authorIdentifier?': dict, 'contextIdentifier?': dict, 'dateCreated?': str, 'lastUseDate?': str,
                'statusDetails?': [str]}
 TOKEN_LIST_SHAPE = {'tokens': [TOKEN_SHAPE], 'continuationToken?': str}
-CREATED_SHAPE = {'referenceNumber': str, 'token': str}
+CREATED_SHAPE = {'referenceNumber': REFERENCE, 'token': str}
 
 
 def ksef_argument_spec():
