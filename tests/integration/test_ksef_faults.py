@@ -224,7 +224,7 @@ def test_a_token_whose_secret_never_arrived_is_revoked_and_made_anew(ksef, admin
         assert record['status'] == 'ok' and record['changed'], run.output()
         assert record['result']['actions'] == ['revoke %s' % lost, 'create']
         [warning] = record['result']['warnings']
-        assert lost in warning and 'never reached token_path' in warning, warning
+        assert lost in warning and 'its secret is not in token_path %s' % token_file in warning, warning
     assert check['result']['reference_number'] is None
     assert again['status'] == 'ok' and not again['changed'] and again['result']['actions'] == []
     new = replace['result']['reference_number']

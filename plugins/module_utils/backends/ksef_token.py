@@ -135,9 +135,9 @@ class KsefTokenBackend(object):
             self._revoke(item)
         if lost:
             references = ', '.join(item['referenceNumber'] for item in lost)
-            self.module.warn('the token described %r exists in KSeF (%s) but its secret never reached token_path %s (an '
-                             'earlier run failed after KSeF had made it); it is useless without the secret, so it %s '
-                             'revoked and a new one made'
+            self.module.warn('the token described %r exists in KSeF (%s) but its secret is not in token_path %s (an '
+                             'earlier run failed after KSeF had made it, or the file was removed); it is useless without '
+                             'the secret, so it %s revoked and a new one made'
                              % (self.description, references, self.token_path, 'would be' if self.check_mode else 'is'))
         self.actions.append('create')
         if self.check_mode:
