@@ -110,14 +110,15 @@ class TooManyRequests(Behaviour):
 
 class EndlessPages(Behaviour):
     """GET /tokens pages of one valid token, each with a new continuation token (or always ``repeat``), for
-    ``cap`` pages; then a last page."""
+    ``cap`` pages; then a last page. Each page comes ``delay`` seconds after its request."""
 
-    def __init__(self, repeat: str | None = None, cap: int = 3000) -> None:
+    def __init__(self, repeat: str | None = None, cap: int = 3000, delay: float = 0.0) -> None:
         super().__init__()
-        self.repeat, self.cap = repeat, cap
+        self.repeat, self.cap, self.delay = repeat, cap, delay
 
     def answer(self, handler: t.Any, ctx: t.Any) -> None:
         number = self.count
+        time.sleep(self.delay)
         item = {'referenceNumber': '20260101-EC-%010X-%010X-%02X' % (number, secrets.randbits(40), number % 256),
                 'authorIdentifier': {'type': 'Nip', 'value': '5265877635'},
                 'contextIdentifier': {'type': 'Nip', 'value': '5265877635'},

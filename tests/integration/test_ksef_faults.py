@@ -94,6 +94,17 @@ def test_a_dripping_answer_is_stopped_by_the_run_timeout(ksef, admin_token, run_
     assert drip.count == 1
 
 
+def test_the_timeout_is_shared_by_all_the_requests_of_a_run(ksef, admin_token, run_playbook):
+    slow = hostile.EndlessPages(cap=30, delay=1.5)   # every page well within a per-request timeout of 5 s
+    ksef.misbehave('GET', '/tokens', slow)
+    run = run_playbook([module_task('ksef_token_info', 'list', connection(ksef, admin_token, timeout=5))])
+    ended = time.monotonic()
+    message = failed_message(run, 'list')
+    assert message.startswith('KSeF did not answer GET /tokens within timeout=5 seconds'), message
+    assert 2 <= slow.count <= 4
+    assert ended - ksef.requests()[0]['at'] < 5 + 5
+
+
 @pytest.mark.parametrize('announce', [True, False], ids=['announced', 'streamed'])
 def test_a_60_mb_answer_is_refused_without_being_read(ksef, admin_token, run_playbook, announce):
     huge = hostile.Huge(60 * 1024 * 1024, announce=announce)
