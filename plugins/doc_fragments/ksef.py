@@ -27,13 +27,22 @@ options:
     description: A PEM bundle of CAs to verify KSeF's TLS certificate with.
     type: path
   timeout:
-    description: Seconds to wait for each answer.
+    description:
+      - Seconds of network time for all the requests of a run together (the authentication, every page of a
+        listing, the token calls), however slowly a server sends its answers. When it is used up the run fails
+        with a message naming the request and the timeout.
+      - Redirects are not followed. Answers longer than 1 MiB are refused (a page of 100 tokens is about 150 KB).
     type: int
     default: 30
   max_wait:
     description:
-      - Longest total time in seconds to wait on rate limits (HTTP 429 with Retry-After), on the authentication
-        status and on a new token becoming Active.
+      - Longest total time in seconds a run waits on purpose, all waits together, on rate limits (HTTP 429), on the
+        authentication status and on a new token becoming Active. A run therefore ends within about O(timeout) +
+        O(max_wait).
+      - After HTTP 429 the module waits what C(Retry-After) asks, but at least 1 second, doubling with each 429 of
+        the run up to 60 seconds; it retries at most 10 times and never past O(max_wait). A C(Retry-After) that asks
+        for more than is left ends the run at once, with a message naming the request.
+      - A listing follows at most 100 pages (10,000 tokens) and stops when KSeF repeats a continuation token.
     type: int
     default: 120
   context:

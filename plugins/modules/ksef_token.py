@@ -14,8 +14,14 @@ description:
     context, or that tokens with that description (or one reference number) are revoked.
   - A token is identified by its O(description). KSeF cannot change a token's permissions, so a token with that
     description but other permissions is an error, or with O(force=true) it is revoked and a new one made.
-  - The secret token exists only when it is created. It is written to O(token_path) (mode V(0600)) and returned as
-    RV(token) only with O(return_token=true); set C(no_log) on such a task.
+  - The secret token exists only when it is created. It is written to O(token_path) (mode V(0600)) as soon as KSeF's
+    answer arrives, and returned as RV(token) only with O(return_token=true); set C(no_log) on such a task.
+  - With O(token_path), a matching token counts as present only when O(token_path) holds its secret (a KSeF secret
+    begins with its token's reference number). A matching token whose secret never reached O(token_path) (a run that
+    failed after KSeF had made the token) is useless. When O(token_path) is missing or empty, the token is revoked
+    and a new one made, with a warning naming the revoked reference number; when O(token_path) holds the secret of
+    another token, the module fails unless O(force=true). Content of another form is trusted to be the secret.
+    Without O(token_path) the module cannot tell, and a matching token is present.
   - Check mode authenticates and lists tokens, but creates and revokes nothing.
   - The KSeF session is closed at the end of every run, also on failure.
 author:
@@ -53,12 +59,15 @@ options:
     type: str
   force:
     description:
-      - Revoke a token with this description but other permissions and make a new one; overwrite an existing O(token_path).
+      - Revoke a token with this description but other permissions, or one whose secret is not in O(token_path), and
+        make a new one; overwrite an existing O(token_path).
     type: bool
     default: false
   token_path:
     description:
-      - Write a newly created token's secret here (mode V(0600)). An existing file is never overwritten unless O(force=true).
+      - Write a newly created token's secret here (mode V(0600)). An existing file is never overwritten unless O(force=true)
+        (an empty file counts as missing).
+      - Also tells whether the secret of an existing matching token ever arrived; see the description above.
     type: path
   return_token:
     description: Return a newly created token's secret as RV(token). Set C(no_log) on the task.
@@ -124,7 +133,7 @@ revoked:
   type: list
   elements: dict
 actions:
-  description: What was done, for example V(create) or V(revoke <reference>).
+  description: What was done (or, in check mode, would be done), for example V(create) or V(revoke <reference>).
   returned: always
   type: list
   elements: str

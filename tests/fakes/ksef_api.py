@@ -4,9 +4,10 @@
 """A fake KSeF API 2.0 server (test double) that holds every exchange to the official OpenAPI document.
 
 No KSeF server can be reached from the tests, so this one stands in for it. It is written from
-the official contract (``../shared/ksef/open-api.json``, API 2.6.0, and the ``AuthTokenRequest``
-XSDs next to it) and from ``../shared/research/research-ksef.md``, never from the collection's
-client: nothing is imported from ``plugins/``.
+the official contract (``tests/fakes/ksef/open-api.json``, API 2.6.0, and the ``AuthTokenRequest``
+XSDs next to it; their source and terms are in ``tests/fakes/ksef/SOURCE.txt``) and from the
+project's research notes on the KSeF API, never from the collection's client: nothing is imported
+from ``plugins/``.
 
 In-process use (tests)::
 
@@ -20,6 +21,8 @@ In-process use (tests)::
     fake.rate_limit(count=3, retry_after=1)        # the next 3 requests get 429 + Retry-After
     fake.rate_limit_storm(seconds=2, retry_after=1)
     fake.expire_challenges()                       # every challenge issued so far is expired
+    fake.misbehave('GET', '/tokens', ksef_hostile.Drip())   # a hostile answer there (tests/fakes/ksef_hostile.py)
+    fake.behave()                                  # the contract everywhere again
     fake.violations()                              # requests that broke the contract ([] is good)
     fake.stop()                                    # raises FakeKsefError if the fake itself misbehaved
 
@@ -96,9 +99,9 @@ from signxml.xades import XAdESSignatureConfiguration, XAdESVerifier
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# The official documents live outside the repository (see ../shared/ksef/SOURCE.txt);
-# KSEF_SPEC_DIR points elsewhere when needed.
-DEFAULT_SPEC_DIR = os.environ.get('KSEF_SPEC_DIR') or os.path.normpath(os.path.join(REPO_ROOT, '..', 'shared', 'ksef'))
+# The official documents, kept in the repository (source and terms: tests/fakes/ksef/SOURCE.txt);
+# KSEF_SPEC_DIR points elsewhere when needed (e.g. to try a newer API version).
+DEFAULT_SPEC_DIR = os.environ.get('KSEF_SPEC_DIR') or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'ksef')
 
 DS_NS = 'http://www.w3.org/2000/09/xmldsig#'
 AUTH_NAMESPACES = {
@@ -574,6 +577,7 @@ class FakeKsef:
         self._requests: list[dict] = []
         self._limit_count, self._limit_count_retry, self._limit_count_paths = 0, 1, None
         self._storm_until, self._storm_retry, self._storm_paths = 0.0, 1, None
+        self._misbehaviours: list[tuple[str, t.Pattern[str], t.Callable[..., None]]] = []
         self._jwt_key = secrets.token_bytes(32)
 
         self._tmpdir: str | None = None
@@ -729,6 +733,26 @@ class FakeKsef:
         """Answer every request (optionally only under `paths`) with 429 for the next `seconds`."""
         with self._lock:
             self._storm_until, self._storm_retry, self._storm_paths = time.time() + seconds, int(retry_after), paths
+
+    def misbehave(self, method: str, path: str, behaviour: t.Callable[..., None]) -> None:
+        """Answer ``method`` requests whose path (after the ``/v2`` prefix) matches the regex ``path`` with
+        ``behaviour(handler, ctx)`` instead of the contract: a hostile server (see ksef_hostile.py). The request
+        is not validated or recorded by the fake; ``fake.dispatch(ctx)`` gives the contract's answer."""
+        with self._lock:
+            self._misbehaviours.append((method.upper(), re.compile(path), behaviour))
+
+    def behave(self) -> None:
+        """Forget every misbehave()."""
+        with self._lock:
+            self._misbehaviours.clear()
+
+    def misbehaviour(self, ctx: '_Ctx') -> t.Callable[..., None] | None:
+        path = ctx.path[len(self.spec.base_path):] if ctx.path.startswith(self.spec.base_path) else ctx.path
+        with self._lock:
+            for method, pattern, behaviour in self._misbehaviours:
+                if method == ctx.method.upper() and pattern.fullmatch(path):
+                    return behaviour
+        return None
 
     def clear_rate_limits(self) -> None:
         with self._lock:
@@ -982,7 +1006,8 @@ class FakeKsef:
 
     def dispatch(self, ctx: _Ctx) -> _Reply:
         """Validate, route, answer and validate the answer. Called by the HTTP handler."""
-        record = {'method': ctx.method, 'path': ctx.path, 'template': None, 'query': list(ctx.query), 'status': None}
+        record = {'method': ctx.method, 'path': ctx.path, 'template': None, 'query': list(ctx.query), 'status': None,
+                  'at': time.monotonic()}
         with self._lock:
             self._requests.append(record)
         try:
@@ -1623,6 +1648,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         ctx = _Ctx(method=self.command, path=split.path, query=urllib.parse.parse_qsl(split.query, keep_blank_values=True),
                    headers=self.headers, body=body, client_ip=self.client_address[0])
+        behaviour = self.server.fake.misbehaviour(ctx)
+        if behaviour is not None:
+            self.close_connection = True
+            try:
+                behaviour(self, ctx)
+            except OSError:
+                pass        # the client hung up: what a hostile answer is for
+            return
         reply = self.server.fake.dispatch(ctx)
         self.send_response(reply.status)
         if reply.body or reply.content_type:

@@ -6,22 +6,31 @@
 from __future__ import annotations
 
 import os
+import re
 
+from ansible_collections.tokenfleet.pki.plugins.module_utils.bounded_http import server_text
 from ansible_collections.tokenfleet.pki.plugins.module_utils.files import (
     check_parent_directory,
     private_file_args,
+    read_file,
     write_file,
 )
-from ansible_collections.tokenfleet.pki.plugins.module_utils.ksef.client import KsefApiError, KsefError
+from ansible_collections.tokenfleet.pki.plugins.module_utils.ksef.client import KsefApiError, KsefError, check_shape
 from ansible_collections.tokenfleet.pki.plugins.module_utils.ksef.tokens import (
+    CREATED_SHAPE,
     PERMISSIONS,
+    get_token,
     list_tokens,
     open_session,
+    token_endpoint,
     token_facts,
     wait_for_status,
 )
 
 LIVE = ('Pending', 'Active')
+# A KSeF token secret starts with its token's reference number: {referenceNumber}|{context}|{hex}.
+_SECRET_REFERENCE = re.compile(r'^(\d{8}-[A-Z]{2}-[0-9A-F]{10}-[0-9A-F]{10}-[0-9A-F]{2})\|')
+UNKNOWN = 'unknown'
 
 
 def _creation_refused(exc):
@@ -77,27 +86,59 @@ class KsefTokenBackend(object):
         found = list_tokens(self.session, statuses=LIVE, description=self.description)
         return [item for item in found if item['description'] == self.description]
 
+    def _held(self):
+        """What token_path holds: None (no file, or empty), the reference number of the KSeF token whose secret it
+        is, or UNKNOWN (content of another form, trusted to be the secret). The secret itself is not kept."""
+        if not self.token_path or not os.path.lexists(self.token_path):
+            return None
+        content = read_file(self.token_path, 'token_path').decode('utf-8', 'replace').strip()
+        if not content:
+            return None
+        match = _SECRET_REFERENCE.match(content)
+        return match.group(1) if match else UNKNOWN
+
     def _present(self):
-        params = self.module.params
+        """A matching token counts as present only when its secret is where the task keeps it (token_path).
+
+        A matching token whose secret never reached token_path (a run that failed after KSeF made the token) is
+        useless: it is revoked and a new one made, with a warning. Without token_path the module cannot tell.
+        """
+        force = self.module.params['force']
         matching = self._matching()
         same = [item for item in matching if sorted(item.get('requestedPermissions') or []) == self.permissions]
         other = [item for item in matching if item not in same]
-        if same and not other:
-            result = token_facts(same[0])
-            return dict(result, changed=False, actions=[])
-        if other and not params['force']:
+        if other and not force:
             raise KsefError('a token described %r already exists with permissions %s, not %s; KSeF token permissions '
                             'cannot change: set force=true to revoke it and make a new one'
                             % (self.description, ', '.join(sorted(other[0].get('requestedPermissions') or [])),
                                ', '.join(self.permissions)))
-        if self.token_path and os.path.exists(self.token_path) and not params['force']:
+        held = self._held()
+        ours = [item for item in same if not self.token_path or held in (UNKNOWN, item['referenceNumber'])]
+        if ours:
+            if not other:
+                return dict(token_facts(ours[0]), changed=False, actions=[])
+            self.changed = True  # force with duplicates: the ones with other permissions go, the matching one stays
+            for item in other:
+                self._revoke(item)
+            return dict(token_facts(ours[0]), changed=True, actions=self.actions)
+        lost = same
+        if held is not None and not force:
+            if lost:
+                raise KsefError('the token described %r exists in KSeF (%s) but token_path %s holds the secret of another '
+                                'token (%s); set force=true to revoke it and make a new one written to token_path, or '
+                                'choose another token_path'
+                                % (self.description, ', '.join(item['referenceNumber'] for item in lost), self.token_path, held))
             raise KsefError('token_path %s already exists and a new token would overwrite it; set force=true or '
                             'choose another file' % self.token_path)
         self.changed = True
-        for item in other:
+        for item in other + lost:
             self._revoke(item)
-        if same:  # force with duplicates: the ones with other permissions are gone, the matching one stays
-            return dict(token_facts(same[0]), changed=True, actions=self.actions)
+        if lost:
+            references = ', '.join(item['referenceNumber'] for item in lost)
+            self.module.warn('the token described %r exists in KSeF (%s) but its secret is not in token_path %s (an '
+                             'earlier run failed after KSeF had made it, or the file was removed); it is useless without '
+                             'the secret, so it %s revoked and a new one made'
+                             % (self.description, references, self.token_path, 'would be' if self.check_mode else 'is'))
         self.actions.append('create')
         if self.check_mode:
             return dict(changed=True, actions=self.actions, reference_number=None, status=None,
@@ -111,13 +152,24 @@ class KsefTokenBackend(object):
             dummy, created, dummy2 = self.session.call('POST', '/tokens', body=body)
         except KsefApiError as exc:
             raise KsefError(_creation_refused(exc))
-        secret = created['token']
-        if self.token_path:  # at once: KSeF shows the secret only now
+        secret = created.get('token') if isinstance(created, dict) else None
+        if self.token_path and isinstance(secret, str) and secret:
+            # Before anything else can fail: KSeF shows the secret only now.
             write_file(self.module, self.token_path, secret + '\n', 0o600, private_file_args(self.module, self.token_path))
-        item = wait_for_status(self.session, created['referenceNumber'], ('Active',), params['max_wait'])
+        check_shape(created, CREATED_SHAPE, 'POST /tokens')
+        reference = created['referenceNumber']
+        try:
+            item = wait_for_status(self.session, reference, ('Active',))
+        except KsefError as exc:
+            # The token exists and its secret is delivered: a status that cannot be read does not undo that.
+            self.module.warn('the token %s was made, but its status could not be read: %s' % (reference, exc))
+            item = dict(referenceNumber=reference, description=self.description, requestedPermissions=self.permissions,
+                        status=None)
         result = dict(token_facts(item), changed=True, actions=self.actions)
-        if item['status'] != 'Active':
-            self.module.warn('the token is %s, not Active yet' % item['status'])
+        if item['status'] not in ('Active', None):
+            details = '; '.join(item.get('statusDetails') or [])
+            self.module.warn('the token %s is %s, not Active yet%s' % (reference, server_text(item['status'], 40),
+                                                                       ' (%s)' % server_text(details) if details else ''))
         if params['return_token']:
             result['token'] = secret
         return result
@@ -125,12 +177,12 @@ class KsefTokenBackend(object):
     def _revoke(self, item):
         self.actions.append('revoke %s' % item['referenceNumber'])
         if not self.check_mode:
-            self.session.call('DELETE', '/tokens/%s' % item['referenceNumber'])
+            self.session.call('DELETE', token_endpoint(item['referenceNumber']))
 
     def _absent(self):
         try:
             if self.reference_number is not None:
-                dummy, item, dummy2 = self.session.call('GET', '/tokens/%s' % self.reference_number)
+                item = get_token(self.session, self.reference_number)
                 targets = [item] if item['status'] in LIVE else []
             else:
                 targets = self._matching()

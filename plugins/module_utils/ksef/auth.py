@@ -9,14 +9,16 @@ Private to the collection. The session is always closed, also when the work in i
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime
 import re
-import time
 import traceback
+from urllib.parse import quote
 
 from ansible.module_utils.basic import missing_required_lib
 
-from ansible_collections.tokenfleet.pki.plugins.module_utils.ksef.client import KsefApiError, KsefError
+from ansible_collections.tokenfleet.pki.plugins.module_utils.bounded_http import server_text
+from ansible_collections.tokenfleet.pki.plugins.module_utils.ksef.client import REFERENCE, KsefApiError, KsefError
 from ansible_collections.tokenfleet.pki.plugins.module_utils.signer import require_key_source_libraries
 from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import HAS_CRYPTOGRAPHY
 
@@ -50,6 +52,13 @@ _NIP_WEIGHTS = (6, 5, 7, 2, 3, 4, 5, 6, 7)
 _NIP_PATTERN = r'[1-9]((\d[1-9])|([1-9]\d))\d{7}'
 STATUS_IN_PROGRESS, STATUS_SUCCESS = 100, 200
 
+# What the authentication answers must hold (client.check_shape); KSeF may add fields.
+CHALLENGE_SHAPE = {'challenge': str, 'timestampMs': int}
+PUBLIC_KEYS_SHAPE = [{'certificate': str, 'publicKeyId': str, 'usage?': [str], 'validFrom?': str}]
+INIT_SHAPE = {'referenceNumber': REFERENCE, 'authenticationToken': {'token': str}}
+AUTH_STATUS_SHAPE = {'status': {'code': int, 'description?': str, 'details?': [str]}}
+REDEEM_SHAPE = {'accessToken': {'token': str}}
+
 
 def nip_is_valid(nip):
     if not re.match('^%s$' % _NIP_PATTERN, nip or ''):
@@ -73,13 +82,17 @@ def context_identifier(context):
 
 def _token_encryption_key(client):
     """(publicKeyId, RSA public key) of the newest valid certificate for KsefTokenEncryption."""
-    dummy, certificates, dummy2 = client.call('GET', '/security/public-key-certificates')
+    dummy, certificates, dummy2 = client.call('GET', '/security/public-key-certificates', shape=PUBLIC_KEYS_SHAPE)
     now = datetime.datetime.now(datetime.timezone.utc)
     usable = []
-    for item in certificates or []:
+    for index, item in enumerate(certificates):
         if 'KsefTokenEncryption' not in (item.get('usage') or []):
             continue
-        certificate = x509.load_der_x509_certificate(base64.b64decode(item['certificate']))
+        try:
+            certificate = x509.load_der_x509_certificate(base64.b64decode(item['certificate'], validate=True))
+        except (ValueError, binascii.Error):
+            raise KsefError('KSeF answered GET /security/public-key-certificates with a certificate that cannot be read '
+                            '(entry %d is not a Base64 DER X.509 certificate)' % index)
         if certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
             usable.append((item.get('validFrom') or '', item['publicKeyId'], certificate.public_key()))
     if not usable:
@@ -109,7 +122,7 @@ class KsefSession(object):
             init = self._init_with_certificate(challenge)
         authentication_token = init['authenticationToken']['token']
         self._wait_for_authentication(init['referenceNumber'], authentication_token)
-        dummy, tokens, dummy2 = self.client.call('POST', '/auth/token/redeem', bearer=authentication_token)
+        dummy, tokens, dummy2 = self.client.call('POST', '/auth/token/redeem', bearer=authentication_token, shape=REDEEM_SHAPE)
         self.access_token = tokens['accessToken']['token']
         return self
 
@@ -126,7 +139,7 @@ class KsefSession(object):
         return self.client.call(method, path, bearer=self.access_token, **kwargs)
 
     def _challenge(self):
-        dummy, challenge, dummy2 = self.client.call('POST', '/auth/challenge')
+        dummy, challenge, dummy2 = self.client.call('POST', '/auth/challenge', shape=CHALLENGE_SHAPE)
         return challenge
 
     def _init_with_token(self, challenge):
@@ -138,7 +151,7 @@ class KsefSession(object):
             body = {'challenge': challenge['challenge'], 'contextIdentifier': self.context,
                     'encryptedToken': base64.b64encode(encrypted).decode('ascii'), 'publicKeyId': key_id}
             try:
-                dummy, init, dummy2 = self.client.call('POST', '/auth/ksef-token', body=body)
+                dummy, init, dummy2 = self.client.call('POST', '/auth/ksef-token', body=body, shape=INIT_SHAPE)
                 return init
             except KsefApiError as exc:
                 if 21470 not in exc.codes or attempt:
@@ -152,24 +165,24 @@ class KsefSession(object):
         document = auth_token_request(challenge['challenge'], self.context)
         signed = sign_xades(document, self.private_key, self.certificate)
         dummy, init, dummy2 = self.client.call('POST', '/auth/xades-signature', body=signed,
-                                               content_type='application/xml')
+                                               content_type='application/xml', shape=INIT_SHAPE)
         return init
 
     def _wait_for_authentication(self, reference, authentication_token):
-        deadline = time.monotonic() + self.client.max_wait
         while True:
-            dummy, status, dummy2 = self.client.call('GET', '/auth/%s' % reference, bearer=authentication_token)
+            dummy, status, dummy2 = self.client.call('GET', '/auth/%s' % quote(reference, safe=''), bearer=authentication_token,
+                                                     shape=AUTH_STATUS_SHAPE)
             code = status['status']['code']
             if code == STATUS_SUCCESS:
                 return
             if code != STATUS_IN_PROGRESS:
                 details = '; '.join(status['status'].get('details') or [])
-                raise KsefError('KSeF refused the authentication (%s): status %d %s%s' % (
-                    'KSeF token' if self.method == 'token' else 'certificate', code, status['status'].get('description'),
-                    ' (%s)' % details if details else ''))
-            if time.monotonic() > deadline:
-                raise KsefError('KSeF did not finish the authentication within max_wait=%s seconds' % self.client.max_wait)
-            time.sleep(self.poll_interval)
+                raise KsefError('KSeF refused the authentication (%s): status %d %s' % (
+                    'KSeF token' if self.method == 'token' else 'certificate', code,
+                    server_text('%s%s' % (status['status'].get('description') or '', ' (%s)' % details if details else ''))))
+            if not self.client.pause(self.poll_interval):
+                raise KsefError('KSeF did not finish the authentication within max_wait=%s seconds (GET /auth/%s kept '
+                                'answering status 100, in progress)' % (self.client.max_wait, quote(reference, safe='')))
 
 
 def auth_token_request(challenge, context):

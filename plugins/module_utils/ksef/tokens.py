@@ -5,12 +5,13 @@
 
 from __future__ import annotations
 
-import time
+import re
+from urllib.parse import quote
 
 from ansible.module_utils.basic import env_fallback
 
 from ansible_collections.tokenfleet.pki.plugins.module_utils.ksef.auth import KsefSession, context_identifier
-from ansible_collections.tokenfleet.pki.plugins.module_utils.ksef.client import ENVIRONMENTS, KsefClient, KsefError
+from ansible_collections.tokenfleet.pki.plugins.module_utils.ksef.client import ENVIRONMENTS, REFERENCE, KsefClient, KsefError
 from ansible_collections.tokenfleet.pki.plugins.module_utils.signer import KeySource, key_source_argument_spec
 from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import load_certificate
 from ansible_collections.tokenfleet.pki.plugins.module_utils.files import read_file
@@ -20,6 +21,16 @@ PERMISSIONS = ('InvoiceRead', 'InvoiceWrite', 'CredentialsRead', 'CredentialsMan
                'EnforcementOperations', 'Introspection', 'CollectiveIdentifierManage')
 STATUSES = ('Pending', 'Active', 'Revoking', 'Revoked', 'Failed')
 PAGE_SIZE = 100
+# Pages one listing follows at most (10,000 tokens); a repeated continuation token stops it at once.
+MAX_PAGES = 100
+_CONTINUATION = re.compile(r'^[\x20-\x7e]{1,4096}$')
+
+# What the token answers must hold (client.check_shape); KSeF may add fields.
+TOKEN_SHAPE = {'referenceNumber': REFERENCE, 'description': str, 'status': str, 'requestedPermissions?': [str],
+               'authorIdentifier?': dict, 'contextIdentifier?': dict, 'dateCreated?': str, 'lastUseDate?': str,
+               'statusDetails?': [str]}
+TOKEN_LIST_SHAPE = {'tokens': [TOKEN_SHAPE], 'continuationToken?': str}
+CREATED_SHAPE = {'referenceNumber': REFERENCE, 'token': str}
 
 
 def ksef_argument_spec():
@@ -87,23 +98,40 @@ class _CertificateAuthentication(object):
             self.key_source.__exit__(*exc_info)
 
 
+def token_endpoint(reference):
+    """The path of one token; the reference number (from KSeF or an option) is one path segment, whatever it holds."""
+    return '/tokens/%s' % quote(reference, safe='')
+
+
 def list_tokens(session, statuses=None, description=None, author_identifier=None):
-    """Every token of the context matching the filters, following the continuation token across pages."""
+    """Every token of the context matching the filters, following the continuation token across pages.
+
+    Bounded by MAX_PAGES, by the run's timeout (network) and max_wait (429 waits); a continuation token
+    seen before ends the listing with an error instead of a loop.
+    """
     query = [('pageSize', PAGE_SIZE)]
     query += [('status', status) for status in statuses or []]
     if description:
         query.append(('description', description))
     if author_identifier:
         query.append(('authorIdentifier', author_identifier))
-    tokens, continuation = [], None
-    for dummy in range(10000):
+    tokens, continuation, seen = [], None, set()
+    for page_number in range(1, MAX_PAGES + 1):
         headers = {'x-continuation-token': continuation} if continuation else None
-        dummy2, page, dummy3 = session.call('GET', '/tokens', query=query, headers=headers)
-        tokens.extend(page.get('tokens') or [])
+        dummy, page, dummy2 = session.call('GET', '/tokens', query=query, headers=headers, shape=TOKEN_LIST_SHAPE)
+        tokens.extend(page['tokens'])
         continuation = page.get('continuationToken')
         if not continuation:
             return tokens
-    raise KsefError('KSeF kept sending continuation tokens for /tokens; stopped after 10000 pages')
+        if not _CONTINUATION.match(continuation):
+            raise KsefError('KSeF answered GET /tokens (page %d) with a continuation token that cannot be sent back '
+                            '(not 1 to 4096 printable ASCII characters)' % page_number)
+        if continuation in seen:
+            raise KsefError('KSeF answered GET /tokens (page %d) with a continuation token it had sent before; stopped '
+                            'instead of reading the same pages again' % page_number)
+        seen.add(continuation)
+    raise KsefError('KSeF kept sending continuation tokens for GET /tokens: stopped after %d pages (%d tokens), the most '
+                    'one listing follows; narrow it with description or status' % (MAX_PAGES, len(tokens)))
 
 
 def token_facts(item):
@@ -115,13 +143,17 @@ def token_facts(item):
                 status_details=item.get('statusDetails'))
 
 
-def wait_for_status(session, reference, wanted, max_wait, interval=1.0):
-    """Poll a token until its status is in ``wanted`` or no longer Pending; bounded by ``max_wait``."""
-    deadline = time.monotonic() + max_wait
+def get_token(session, reference):
+    """GET /tokens/{referenceNumber}, checked."""
+    dummy, item, dummy2 = session.call('GET', token_endpoint(reference), shape=TOKEN_SHAPE)
+    return item
+
+
+def wait_for_status(session, reference, wanted, interval=1.0):
+    """Poll a token until its status is in ``wanted`` or no longer Pending; the polling is charged to max_wait."""
     while True:
-        dummy, item, dummy2 = session.call('GET', '/tokens/%s' % reference)
+        item = get_token(session, reference)
         if item['status'] in wanted or item['status'] not in ('Pending', 'Revoking'):
             return item
-        if time.monotonic() > deadline:
+        if not session.client.pause(interval):
             return item
-        time.sleep(interval)

@@ -70,12 +70,12 @@ def test_context_identifiers():
 def test_error_details_from_problem_details_and_legacy_bodies():
     problem = {'title': 'Bad Request', 'status': 400, 'errors': [
         {'code': 26001, 'description': 'Brak uprawnień', 'details': ['Brakujące uprawnienia: SubunitManage.']}]}
-    assert _error_details(400, json.dumps(problem).encode()) == (
+    assert _error_details(json.dumps(problem).encode()) == (
         '26001 Brak uprawnień (Brakujące uprawnienia: SubunitManage.)', [26001])
     legacy = {'exception': {'exceptionDetailList': [{'exceptionCode': 21470, 'exceptionDescription': 'Unknown key'}]}}
-    assert _error_details(400, json.dumps(legacy).encode()) == ('21470 Unknown key', [21470])
+    assert _error_details(json.dumps(legacy).encode()) == ('21470 Unknown key', [21470])
     forbidden = {'title': 'Forbidden', 'status': 403, 'reasonCode': 'missing-permissions',
                  'security': {'requiredAnyOfPermissions': ['CredentialsManage']}}
-    assert _error_details(403, json.dumps(forbidden).encode()) == (
+    assert _error_details(json.dumps(forbidden).encode()) == (
         "missing-permissions (requiredAnyOfPermissions: ['CredentialsManage'])", [])
-    assert _error_details(403, b'') == ('', [])
+    assert _error_details(b'') == ('', [])
