@@ -236,3 +236,44 @@ def test_token_rekey_killed_around_the_reply(ca_behind_proxy, token, run_playboo
         return dict(certificate=(host / 'cert.pem').read_bytes().strip(), public_key=public)
 
     sweep(run_playbook, ca_behind_proxy, host, args, check_pair)
+
+
+RELABEL_PRIVATE = '''
+import sys, pkcs11
+from pkcs11 import Attribute, ObjectClass
+token = pkcs11.lib(sys.argv[1]).get_token(token_label=sys.argv[2])
+with token.open(rw=True, user_pin=sys.argv[3]) as session:
+    for obj in session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.LABEL: 'vpn.new'}):
+        obj[Attribute.LABEL] = 'vpn'
+'''
+
+
+def keypairgen(hsm, pin, key_type, label, object_id):
+    hsm.pkcs11_tool('--token-label', 'ws-001', '--login', '--keypairgen', '--key-type', key_type, '--label', label,
+                    '--id', object_id, pin=pin)
+
+
+@pytest.mark.parametrize('left', ['old and new', 'new only', 'new private relabelled'])
+def test_token_key_replace_killed_midway_is_completed(token, run_playbook, tmp_path, left):
+    """What a replace (type ec -> rsa, force) killed at each step leaves; the next run makes one rsa pair of it.
+
+    'old and new': killed after the new pair was made; 'new only': after the old pair was destroyed;
+    'new private relabelled': after the new private key took the label, before its public key did.
+    """
+    hsm, pin = token['hsm'], token['user']
+    if left == 'old and new':
+        keypairgen(hsm, pin, 'EC:prime256v1', 'vpn', '01')
+    keypairgen(hsm, pin, 'rsa:2048', 'vpn.new', '0a')
+    if left == 'new private relabelled':
+        subprocess.run([sys.executable, '-c', RELABEL_PRIVATE, hsm.module, 'ws-001', pin], env=hsm.env, check=True,
+                       capture_output=True, timeout=60)
+    args = dict(token_args(token), label='vpn', type='rsa', size=2048, force=True)
+    run = run_playbook([module_task('token_key', 'next run', args), module_task('token_key', 'again', args)])
+    record = run.result('next run')
+    assert record['status'] == 'ok' and record['changed'], run.output()
+    objects = token_listing(hsm, pin)
+    assert sorted((obj['kind'], obj['label'], obj['id']) for obj in objects) == [
+        ('private', 'vpn', '0a'), ('public', 'vpn', '0a')], objects
+    assert record['result']['type'] == 'rsa' and record['result']['id'] == '0a'
+    assert 'completed an interrupted replace' in record['result']['actions']
+    assert run.result('again')['changed'] is False
