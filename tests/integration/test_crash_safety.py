@@ -153,7 +153,7 @@ def sweep(run_playbook, ca, host, args, check_pair, offsets=OFFSETS):
             outcomes[offset] = 'old pair'
         else:
             assert after['certificate'] == issued, 'offset %+d ms: a certificate the CA did not just issue' % (offset * 1000)
-            assert after['public_key'] != before['public_key']
+            assert (after['public_key'] != before['public_key']) is bool(args.get('rekey'))
             outcomes[offset] = 'new pair' + (' (completed by the next run)' if record['changed'] else '')
         state = json.loads((host / 'cert.pem.scep.json').read_text())
         assert state.get('swap') is None and state.get('pending') is None, state
@@ -213,6 +213,12 @@ def token_pair(hsm, pin, directory, label='vpn'):
     return objects, public
 
 
+def same_certificate(pem_path, der_path):
+    """cert.pem and the certificate object read from the token are one certificate."""
+    return (x509.load_pem_x509_certificate(pem_path.read_bytes())
+            == x509.load_der_x509_certificate(der_path.read_bytes()))
+
+
 @pytest.mark.parametrize('remove_old', [True, False], ids=['remove_old', 'keep_old'])
 def test_token_rekey_killed_around_the_reply(ca_behind_proxy, token, run_playbook, tmp_path, remove_old):
     host, scratch = tmp_path / 'host', tmp_path / 'scratch'
@@ -227,12 +233,38 @@ def test_token_rekey_killed_around_the_reply(ca_behind_proxy, token, run_playboo
     def check_pair():
         objects, public = token_pair(hsm, token['user'], scratch)
         assert cert_pubkey(host / 'cert.pem') == public, 'cert.pem is not the token key\'s certificate'
+        assert same_certificate(host / 'cert.pem', scratch / 'cert.der'), 'the token holds another certificate'
         assert leftovers(host) == []
         olds = [obj for obj in objects if obj.get('label') == 'vpn.old']
         if remove_old:
             assert olds == []
         else:
             assert sorted(obj['kind'] for obj in olds) in ([], ['cert', 'private', 'public']), objects
+        return dict(certificate=(host / 'cert.pem').read_bytes().strip(), public_key=public)
+
+    sweep(run_playbook, ca_behind_proxy, host, args, check_pair)
+
+
+@pytest.mark.parametrize('where', ['file', 'token'])
+def test_plain_renewal_killed_around_the_reply(ca_behind_proxy, token, run_playbook, tmp_path, where):
+    host, scratch = tmp_path / 'host', tmp_path / 'scratch'
+    host.mkdir()
+    scratch.mkdir()
+    if where == 'file':
+        args = scep_args(ca_behind_proxy, host, private_key_path=str(host / 'key.pem'))
+    else:
+        key = run_playbook([module_task('token_key', 'key', dict(token_args(token), label='vpn', type='rsa'))])
+        assert key.result('key')['changed'], key.output()
+        args = scep_args(ca_behind_proxy, host, key_label='vpn', store_on_token=True, **token_args(token))
+
+    def check_pair():
+        if where == 'file':
+            public = key_pubkey(host / 'key.pem')
+        else:
+            dummy, public = token_pair(token['hsm'], token['user'], scratch)
+            assert same_certificate(host / 'cert.pem', scratch / 'cert.der'), 'the token holds another certificate'
+        assert cert_pubkey(host / 'cert.pem') == public
+        assert leftovers(host) == []
         return dict(certificate=(host / 'cert.pem').read_bytes().strip(), public_key=public)
 
     sweep(run_playbook, ca_behind_proxy, host, args, check_pair)

@@ -230,3 +230,35 @@ def test_a_missing_certificate_object_is_written_again(micromdm, token, run_play
     listing = hsm.pkcs11_tool('--token-label', 'ws-001', '--list-objects', '--type', 'cert').stdout
     assert len(re.findall(r'Certificate Object', listing)) == 1
     assert server.pkioperation_count() == 1
+
+
+def test_a_version_1_state_file_loses_its_request_and_the_poll_goes_on(fake, run_playbook, tmp_path):
+    """Version 1 kept the pending request in hex, challenge included: the first run rewrites the file without it."""
+    challenge = random_pin(40)
+    server = fake(challenge=challenge, pending=True)
+    host = tmp_path / 'host'
+    host.mkdir()
+    args = dict(url=server.url, ca_fingerprint=server.ca_fingerprint, challenge_password=challenge,
+                private_key_path=str(host / 'key.pem'), certificate_path=str(host / 'cert.pem'),
+                common_name='mfp07.example.com', timeout=10)
+    first = run_playbook([module_task('scep_enroll', 'request', args)])
+    transaction_id = first.result('request')['result']['transaction_id']
+    state_path = host / 'cert.pem.scep.json'
+    state = json.loads(state_path.read_text())
+    request = [message for message in server.pki_messages if message.csr is not None][-1].csr
+    request_der = request.public_bytes(serialization.Encoding.DER)
+    for field in ('subject', 'public_key'):
+        del state['pending'][field]
+    state['pending']['request'] = request_der.hex()
+    state['version'] = 1
+    state_path.write_text(json.dumps(state))
+    run = run_playbook([module_task('scep_enroll', 'still pending', args)])
+    assert run.result('still pending')['result']['status'] == 'pending', run.output()
+    assert run.result('still pending')['result']['transaction_id'] == transaction_id
+    data = state_path.read_bytes()
+    for value in list(encodings(challenge.encode()).values()) + list(encodings(request_der).values()):
+        assert value not in data
+    server.approve()
+    done = run_playbook([module_task('scep_enroll', 'issued', args)])
+    assert done.result('issued')['result']['status'] == 'issued', done.output()
+    assert done.result('issued')['result']['transaction_id'] == transaction_id

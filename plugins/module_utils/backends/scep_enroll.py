@@ -182,6 +182,8 @@ class ScepEnrollBackend(object):
             return self._run()
         with StateLock(self.state_path, self.module.params['timeout']):
             self.state = ScepState(self.state_path, self.module.params['history_size'])
+            if self.state.upgraded:
+                self.state.save(self.module)  # at once: the old format kept the request, challenge included
             return self._run()
 
     def _run(self):

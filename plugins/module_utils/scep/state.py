@@ -94,6 +94,7 @@ class ScepState(object):
         self.swap = None
         self.history = []
         self.raw = None
+        self.upgraded = False  # a version 1 file whose pending request (challenge included) must be rewritten away
         if not os.path.exists(path):
             return
         try:
@@ -102,7 +103,9 @@ class ScepState(object):
         except OSError as exc:
             raise StateFileError('state_path %s cannot be read: %s' % (path, exc.strerror or exc))
         try:
-            self.pending, self.swap, self.history = _validated(json.loads(self.raw.decode('utf-8')))
+            data = json.loads(self.raw.decode('utf-8'))
+            self.upgraded = isinstance(data, dict) and isinstance(data.get('pending'), dict) and 'request' in data['pending']
+            self.pending, self.swap, self.history = _validated(data)
         except (ValueError, TypeError, KeyError, AttributeError, UnicodeError) as exc:
             if isinstance(exc, _Malformed):
                 reason = str(exc)
