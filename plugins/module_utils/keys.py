@@ -228,4 +228,3 @@ def certificate_object_matches(session, private, certificate):
     mine = [obj for obj in (session.find(ObjectClass.CERTIFICATE, object_id=private.id) if private.id else [])
             if obj[Attribute.LABEL] == private.label]
     return len(mine) == 1 and bytes(mine[0][Attribute.VALUE]) == certificate_der(certificate)
-

@@ -248,7 +248,7 @@ def test_a_version_1_state_file_loses_its_request_and_the_poll_goes_on(fake, run
     request = [message for message in server.pki_messages if message.csr is not None][-1].csr
     request_der = request.public_bytes(serialization.Encoding.DER)
     for field in ('subject', 'public_key'):
-        del state['pending'][field]
+        state['pending'].pop(field, None)
     state['pending']['request'] = request_der.hex()
     state['version'] = 1
     state_path.write_text(json.dumps(state))

@@ -491,4 +491,3 @@ class ScepEnrollBackend(object):
             self.files.write_generated(key)
         if new_key is not None and self.files.new_key(key_hex(new_key.public_key())) is None:
             self.files.write(self.files.new_path, new_key)
-
