@@ -262,3 +262,37 @@ def test_a_version_1_state_file_loses_its_request_and_the_poll_goes_on(fake, run
     done = run_playbook([module_task('scep_enroll', 'issued', args)])
     assert done.result('issued')['result']['status'] == 'issued', done.output()
     assert done.result('issued')['result']['transaction_id'] == transaction_id
+
+
+def test_a_pending_token_rekey_uses_its_new_key_only_if_it_is_the_requested_one(fake, token, run_playbook, tmp_path):
+    challenge = random_pin(40)
+    server = fake(challenge=challenge)
+    hsm = token['hsm']
+    args = dict(url=server.url, ca_fingerprint=server.ca_fingerprint, challenge_password=challenge,
+                certificate_path=str(tmp_path / 'cert.pem'), common_name='ws03.example.com', key_label='vpn',
+                store_on_token=True, timeout=10, **token_args(token))
+    first = run_playbook([module_task('token_key', 'key', dict(token_args(token), label='vpn', type='rsa')),
+                          module_task('scep_enroll', 'enroll', args)])
+    assert first.result('enroll')['result']['status'] == 'issued', first.output()
+    before = (tmp_path / 'cert.pem').read_bytes()
+    server.configure(pending=True)
+    rekey = dict(args, rekey=True, force=True)
+    run = run_playbook([module_task('scep_enroll', 'rekey', rekey)])
+    assert run.result('rekey')['result']['status'] == 'pending', run.output()
+    listing = hsm.pkcs11_tool('--token-label', 'ws-001', '--login', '--list-objects', '--type', 'privkey',
+                              pin=token['user']).stdout
+    assert re.search(r'label:\s+vpn\.new', listing)  # the pending request's new key waits on the token
+    hsm.pkcs11_tool('--token-label', 'ws-001', '--login', '--delete-object', '--type', 'privkey', '--label', 'vpn.new',
+                    pin=token['user'])
+    hsm.pkcs11_tool('--token-label', 'ws-001', '--login', '--keypairgen', '--key-type', 'rsa:2048', '--label', 'vpn.new',
+                    '--id', '0b', pin=token['user'])
+    server.approve()
+    after = run_playbook([module_task('scep_enroll', 'poll', rekey)])
+    record = after.result('poll')
+    assert record['status'] == 'failed'
+    assert record['result']['msg'] == ('the new key of the pending rekey request is gone or is another key; the pending '
+                                       'request was forgotten, the next run sends a new one')
+    listing = hsm.pkcs11_tool('--token-label', 'ws-001', '--login', '--list-objects', pin=token['user']).stdout
+    assert 'vpn.new' not in listing
+    assert (tmp_path / 'cert.pem').read_bytes() == before
+    assert json.loads((tmp_path / 'cert.pem.scep.json').read_text())['pending'] is None
