@@ -10,9 +10,10 @@
   the next run from what it finds (scep_enroll also keeps a journal in its state file saying which key is new).
 - roll back: a new key that is not the one a journal or a pending request names is removed.
 
-Order of a token swap: the old objects leave the label (removed or relabelled ``.old``), then the new private
-key takes the label, then its public key. So while a private key labelled ``<label>.new`` exists, everything
-labelled ``<label>`` is old.
+Order of a token swap: the old objects leave the label (removed, or moved to ``.old``), then the new private key
+takes the label, then its public key. An object changes label by a copy and the removal of the original, never in
+place (see _move), and the halves of the new key are recognised by their key material, so every state between two
+steps is understood by the next run.
 """
 
 from __future__ import annotations
@@ -30,12 +31,12 @@ from ansible_collections.tokenfleet.pki.plugins.module_utils.files import (
     write_file,
 )
 from ansible_collections.tokenfleet.pki.plugins.module_utils.signer import load_private_key_file
+from ansible_collections.tokenfleet.pki.plugins.module_utils.token import TokenError, describe_error
 from ansible_collections.tokenfleet.pki.plugins.module_utils.token_objects import (
     create_certificate,
     destroy,
     generate_key_pair,
     public_key_from_objects,
-    set_attributes,
 )
 from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import (
     HAS_CRYPTOGRAPHY,
@@ -48,7 +49,8 @@ if HAS_CRYPTOGRAPHY:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
 try:
-    from pkcs11 import Attribute, ObjectClass
+    import pkcs11
+    from pkcs11 import Attribute, KeyType, ObjectClass
 except ImportError:  # token keys report the missing library through require_pkcs11
     pass
 
@@ -173,33 +175,80 @@ def _labelled(session, label):
             + session.find(ObjectClass.CERTIFICATE, label=label))
 
 
+def _attribute(obj, attribute):
+    try:
+        return bytes(obj[attribute])
+    except (pkcs11.PKCS11Error, TypeError, ValueError):
+        return None
+
+
+def _same_key(one, other):
+    """True when two key objects (private or public) are halves or copies of one key pair.
+
+    Same key type and id, and the same modulus (RSA) or curve (EC, EdDSA). A replace changes the type, size or
+    curve, and a rekey the id, so the old key never passes for the new one.
+    """
+    if one is None or other is None or one.key_type != other.key_type or one[Attribute.ID] != other[Attribute.ID]:
+        return False
+    if one.key_type == KeyType.RSA:
+        return _attribute(one, Attribute.MODULUS) == _attribute(other, Attribute.MODULUS)
+    return _attribute(one, Attribute.EC_PARAMS) == _attribute(other, Attribute.EC_PARAMS)
+
+
+def _same_object(one, other):
+    if one[Attribute.CLASS] != other[Attribute.CLASS]:
+        return False
+    if one[Attribute.CLASS] == ObjectClass.CERTIFICATE:
+        return _attribute(one, Attribute.VALUE) == _attribute(other, Attribute.VALUE)
+    return _same_key(one, other)
+
+
+def _move(session, obj, label):
+    """Give ``obj`` the label ``label`` by copying it and removing the original.
+
+    Never by changing its label in place: a token may rewrite the object's storage to change an attribute (SoftHSM
+    truncates the object file first), so a kill at that moment would lose the key. A copy is a new object, and
+    removing one is a single step; a run killed between the two leaves both, which the next run recognises.
+    """
+    if not [other for other in session.find(obj[Attribute.CLASS], label=label) if _same_object(obj, other)]:
+        try:
+            obj.copy({Attribute.LABEL: label})
+        except pkcs11.PKCS11Error as exc:
+            raise TokenError('cannot copy %r to label %r on the token: %s' % (obj[Attribute.LABEL], label, describe_error(exc)))
+    destroy([obj])
+
+
 def swap_token_key(session, label, keep_old, old_id=None):
     """Give ``label`` to the ``<label>.new`` key pair: complete a swap from any point; True when anything moved.
 
-    The old objects (key pair and the certificates with its id) are removed, or with ``keep_old`` relabelled
-    ``<label>.old`` (replacing an older generation there, recognised by an id other than ``old_id``).
+    First every object labelled ``label`` that is not a copy of the new key leaves (with the certificates of its
+    id): removed, or with ``keep_old`` moved to ``<label>.old`` (replacing an older generation there, recognised by
+    an id other than ``old_id``). Then the new private key moves to ``label``, then its public key.
     """
-    moved = False
-    new_private = staged_token_key(session, label)
-    if new_private is not None:
-        old = _labelled(session, label)
-        old_ids = set(obj[Attribute.ID] for obj in old if obj[Attribute.CLASS] == ObjectClass.PRIVATE_KEY and obj[Attribute.ID])
-        for object_id in old_ids:
-            old += [cert for cert in session.find(ObjectClass.CERTIFICATE, object_id=object_id)
-                    if cert[Attribute.LABEL] not in (label, label + OLD)]
-        if keep_old:
-            older = [obj for obj in _labelled(session, label + OLD) if obj[Attribute.ID] != old_id]
-            destroy(older)
-            set_attributes(old, {Attribute.LABEL: label + OLD})
-        else:
-            destroy(old)
-        set_attributes([new_private], {Attribute.LABEL: label})
-        moved = True
-    if session.find(ObjectClass.PRIVATE_KEY, label=label):
-        publics = session.find(ObjectClass.PUBLIC_KEY, label=label + NEW)
-        set_attributes(publics, {Attribute.LABEL: label})
-        moved = moved or bool(publics)
-    return moved
+    staged = session.find_one(ObjectClass.PRIVATE_KEY, label=label + NEW)
+    staged_public = session.find_one(ObjectClass.PUBLIC_KEY, label=label + NEW)
+    if staged is None:
+        current = session.find_one(ObjectClass.PRIVATE_KEY, label=label)
+        if staged_public is None or not _same_key(current, staged_public):
+            return False
+        _move(session, staged_public, label)  # killed after the private half moved
+        return True
+    new = [obj for obj in (staged, staged_public) if obj is not None]
+    old = [obj for obj in _labelled(session, label) if not any(_same_key(obj, half) for half in new
+                                                               if obj[Attribute.CLASS] != ObjectClass.CERTIFICATE)]
+    old_ids = set(obj[Attribute.ID] for obj in old if obj[Attribute.CLASS] == ObjectClass.PRIVATE_KEY and obj[Attribute.ID])
+    for object_id in old_ids:
+        old += [cert for cert in session.find(ObjectClass.CERTIFICATE, object_id=object_id)
+                if cert[Attribute.LABEL] not in (label, label + OLD)]
+    if keep_old:
+        destroy([obj for obj in _labelled(session, label + OLD) if obj[Attribute.ID] != old_id])
+        for obj in old:
+            _move(session, obj, label + OLD)
+    else:
+        destroy(old)
+    for obj in new:
+        _move(session, obj, label)
+    return True
 
 
 def token_key_hex(private):

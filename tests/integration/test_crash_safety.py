@@ -147,7 +147,10 @@ def sweep(run_playbook, ca, host, args, check_pair, offsets=OFFSETS):
         record = run.result('normal run')
         assert record['status'] == 'ok', 'offset %+d ms: %s' % (offset * 1000, run.output())
         assert server.pkioperation_count() == asked, 'offset %+d ms: the CA was asked again' % (offset * 1000)
-        after = check_pair()
+        try:
+            after = check_pair()
+        except AssertionError as exc:
+            raise AssertionError('after the kill at %+d ms and a normal run: %s' % (offset * 1000, exc)) from exc
         issued = x509.load_pem_x509_certificate(server.issued()[-1].pem).public_bytes(serialization.Encoding.PEM).strip()
         if after['certificate'] == before['certificate']:
             outcomes[offset] = 'old pair'

@@ -190,17 +190,7 @@ class ScepEnrollBackend(object):
         if self.state.swap is not None and self.check_mode:
             return self._swap_result(self.state.swap, changed=True)
         if self.files is not None:
-            if self.state.swap is not None:
-                done = self.files.swap(self.state.swap['new_key'], self.state.swap['certificate'].encode('ascii'),
-                                       self.state.swap.get('keep_old', False)) if self.state.swap['kind'] == 'file' else False
-                result = self._close_swap(done)
-                if result is not None:
-                    return result
-            if not self.check_mode:
-                self.files.clean(keep_new=self._pending_rekey(), extra_paths=self._other_paths())
-            certificate = self._current_certificate()
-            key, generated = self._file_key()
-            return self._run_with_key(certificate, key, generated)
+            return self._replay_file() or self._run_file()
         if self.state.swap is not None or self._pending_rekey():
             self.key_source.rw = True
         self.key_source.before_lookup = self._prepare_token
@@ -208,6 +198,22 @@ class ScepEnrollBackend(object):
             if self.replayed is not None:
                 return self.replayed
             return self._run_with_key(self._current_certificate(), key, False)
+
+    def _replay_file(self):
+        """Complete (or roll back) a swap of key files a killed run journaled; its result when completed."""
+        swap = self.state.swap
+        if swap is None:
+            return None
+        done = swap['kind'] == 'file' and self.files.swap(swap['new_key'], swap['certificate'].encode('ascii'),
+                                                          swap.get('keep_old', False))
+        return self._close_swap(done)
+
+    def _run_file(self):
+        if not self.check_mode:
+            self.files.clean(keep_new=self._pending_rekey(), extra_paths=self._other_paths())
+        certificate = self._current_certificate()
+        key, generated = self._file_key()
+        return self._run_with_key(certificate, key, generated)
 
     def _other_paths(self):
         paths = [self.state_path]

@@ -76,6 +76,9 @@ def _validated(data):
     if swap is not None:
         _check_strings(swap, _SWAP_FIELDS, 'swap')
         _require(swap['kind'] in ('file', 'token'), 'swap has an unknown kind')
+        if swap['kind'] == 'token':
+            _check_strings(swap, ('label',), 'swap')
+            bytes.fromhex(swap.get('old_id') or '')
         x509.load_pem_x509_certificate(swap['certificate'].encode('ascii'))
         bytes.fromhex(swap['new_key'])
     _require(isinstance(history, list) and all(isinstance(entry, dict) for entry in history),
