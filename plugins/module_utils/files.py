@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 
 from ansible_collections.tokenfleet.pki.plugins.module_utils.common import PkiError
@@ -34,19 +35,59 @@ def check_parent_directory(path, option):
         raise FileError('the directory of %s (%s) does not exist' % (option, parent))
 
 
+def staged_prefix(path):
+    """Temp files of ``path`` are ``.tokenfleet-<basename>-<8 random characters>`` in its directory."""
+    return '.tokenfleet-%s-' % os.path.basename(path)
+
+
+def fsync_directory(path):
+    """Make a rename in the directory of ``path`` durable (a power cut after it cannot undo it)."""
+    fd = os.open(os.path.dirname(os.path.abspath(path)) or '.', os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_leftovers(path):
+    """Remove the temp files a killed run left for ``path`` (see staged_prefix); the names removed.
+
+    Only names mkstemp makes for exactly this destination match, so another file's temp files are never touched.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    pattern = re.compile(re.escape(staged_prefix(path)) + r'[a-z0-9_]{8}\Z')
+    removed = []
+    for name in os.listdir(directory):
+        if pattern.match(name):
+            os.unlink(os.path.join(directory, name))
+            removed.append(name)
+    return removed
+
+
+def remove_file(path):
+    """Remove ``path`` if it exists; True when it did."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    fsync_directory(path)
+    return True
+
+
 class StagedFile(object):
     """Content written next to its destination but not yet in place.
 
     ``commit()`` moves it over the destination atomically; ``discard()`` removes it.
     Staging first lets a caller write a secret (a new PIN) before the change it records,
-    so that the secret is never only on the token.
+    so that the secret is never only on the token. A staged file that a killed run left behind
+    is found again by remove_leftovers().
     """
 
     def __init__(self, module, path, content, default_mode=0o600, file_args=None):
         self.module = module
         self.path = os.path.abspath(path)
         check_parent_directory(self.path, 'the file')
-        fd, self.tmp_path = tempfile.mkstemp(prefix='.tokenfleet-', dir=os.path.dirname(self.path))
+        fd, self.tmp_path = tempfile.mkstemp(prefix=staged_prefix(self.path), dir=os.path.dirname(self.path))
         module.add_cleanup_file(self.tmp_path)
         try:
             os.fchmod(fd, 0o600)
@@ -67,6 +108,7 @@ class StagedFile(object):
         never readable by others, not even for a moment (atomic_move would give a new file 0644 first).
         """
         os.replace(self.tmp_path, self.path)
+        fsync_directory(self.path)
         self.module.set_fs_attributes_if_different(self.file_args, False)
 
     def discard(self):

@@ -273,6 +273,7 @@ class KeySource(object):
         self.session = None
         self.token = None
         self.key_object = None
+        self.before_lookup = None  # callable(session), run before the key is looked up (scep_enroll's swap replay)
 
     def __enter__(self):
         params = self.module.params
@@ -280,6 +281,8 @@ class KeySource(object):
             return load_private_key_file(params['private_key_path'], params.get('private_key_passphrase'))
         dummy, self.token, self.session = open_token(self.module, rw=self.rw, require_login=True)
         try:
+            if self.before_lookup is not None:
+                self.before_lookup(self.session)
             self.key_object = self.session.find_one(ObjectClass.PRIVATE_KEY, label=params.get('key_label'),
                                                     object_id=self.key_id)
             if self.key_object is None:

@@ -28,6 +28,16 @@ description:
     starting a new one.
   - Nothing on the host changes unless the server answered SUCCESS or PENDING; a new key or certificate is written
     atomically and the old one stays until the new one is stored and verified.
+  - Crash-safe. When the certificate arrives, it is recorded in O(state_path) together with which key is the new
+    one (a journal), before any file or token object is swapped. A run that is killed during the swap leaves a matching
+    key and certificate, old or new, and the next run completes the swap from the journal, without asking the CA again,
+    before it decides anything else. See C(docs/failure-and-recovery.md).
+  - Before it decides anything, each run removes what a killed run may have left. These are the temp files
+    V(.tokenfleet-<name>-*) beside the key, certificate, chain and state files, and a V(<private_key_path>.new)
+    file or a V(<key_label>.new) key on the token, unless a pending rekey request still needs it and it is the key that
+    request was made for.
+  - Runs on the same O(state_path) take turns. A run holds an exclusive lock, V(<state_path>.lock), until it ends. A
+    second run waits up to O(timeout) seconds for it, then fails naming the state file. Check mode takes no lock.
 author:
   - tokenfleet.pki contributors (@tokenfleet)
 extends_documentation_fragment:
@@ -62,7 +72,10 @@ options:
     description: Where the CA certificates from the reply are written (PEM).
     type: path
   store_on_token:
-    description: Also write the certificate onto the token next to its key (same id and label), replacing the old one.
+    description:
+      - Also write the certificate onto the token next to its key (same id and label), replacing the old one.
+      - A certificate object that is missing or stale next to the key is written again, even when the certificate
+        itself needs no renewal.
     type: bool
     default: false
   key_type:
@@ -140,7 +153,14 @@ options:
     type: int
     default: 0
   state_path:
-    description: The state file (mode V(0600)) with a pending transaction and the history. Defaults to V(<certificate_path>.scep.json).
+    description:
+      - The state file (mode V(0600)) with a pending transaction, the journal of a swap under way and the history.
+        Defaults to V(<certificate_path>.scep.json).
+      - It holds no secret. A pending request is remembered by its transaction id, subject and public key. When it must
+        be sent again, it is rebuilt and signed anew with the task's options, O(challenge_password) included, so keep
+        giving them while a request is pending.
+      - If the file is corrupted, the run fails and names it. Move it away to start over. Its history and any pending
+        request are lost, and the next run sends a new request.
     type: path
   history_size:
     description: How many issued certificates the history keeps.

@@ -16,6 +16,10 @@ description:
     object. Both halves share one CKA_ID, so certificates written with M(tokenfleet.pki.token_cert) pair with them.
   - An existing key of the requested type and size or curve is left alone; its usage flags and id are aligned when
     they differ. A key of another type, size or curve is an error unless O(force=true).
+  - A replace (O(force=true)) makes the new pair as V(<label>.new) first. Then it removes the old pair and its
+    certificates, and gives the label to the new pair by copying it and removing the original. A run that finds a V(<label>.new) private key left by a killed
+    replace completes that replace first (action V(completed an interrupted replace)). Do not use V(<label>.new) for
+    keys of your own.
 author:
   - tokenfleet.pki contributors (@tokenfleet)
 extends_documentation_fragment:

@@ -3,9 +3,11 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Backend of tokenfleet.pki.scep_enroll. Private to the collection.
 
-find current state (certificate, key, state file) -> decide (enroll, renew, poll, nothing)
--> act (unless check mode) -> report. Nothing on the host changes unless the CA answered
-SUCCESS or PENDING; a new key or certificate is written only once it is complete.
+lock the state file -> complete a swap a killed run left (journal) -> clean leftovers -> find current state
+(certificate, key, state file) -> decide (enroll, renew, poll, nothing) -> act (unless check mode) -> report.
+Nothing on the host changes unless the CA answered SUCCESS or PENDING. On SUCCESS the new certificate (and the
+new key, complete) is journaled in the state file before the swap starts, so that a run killed during the swap
+is completed by the next one without asking the CA again (see docs/failure-and-recovery.md).
 """
 
 from __future__ import annotations
@@ -19,9 +21,20 @@ from ansible_collections.tokenfleet.pki.plugins.module_utils.common import PkiEr
 from ansible_collections.tokenfleet.pki.plugins.module_utils.files import (
     apply_file_attributes,
     check_parent_directory,
-    private_file_args,
+    ensure_content,
     read_file,
-    write_file,
+    remove_leftovers,
+)
+from ansible_collections.tokenfleet.pki.plugins.module_utils.keys import (
+    FileKeys,
+    certificate_object_matches,
+    discard_token_key,
+    ensure_certificate_object,
+    key_hex,
+    make_token_key,
+    staged_token_key,
+    swap_token_key,
+    token_key_hex,
 )
 from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.client import (
     ScepClient,
@@ -36,15 +49,10 @@ from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.message import
     signer_certificate,
     transaction_id_for,
 )
-from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.state import ScepState, utc_now_text
+from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.state import ScepState, StateLock, utc_now_text
 from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.transport import ScepTransport
-from ansible_collections.tokenfleet.pki.plugins.module_utils.signer import KeySource, load_private_key_file, token_private_key
-from ansible_collections.tokenfleet.pki.plugins.module_utils.token_objects import (
-    create_certificate,
-    destroy,
-    generate_key_pair,
-    matching_public_object,
-)
+from ansible_collections.tokenfleet.pki.plugins.module_utils.signer import KeySource, token_private_key
+from ansible_collections.tokenfleet.pki.plugins.module_utils.token_objects import matching_public_object
 from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import (
     HAS_CRYPTOGRAPHY,
     RequestSpec,
@@ -61,9 +69,11 @@ if HAS_CRYPTOGRAPHY:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
 try:
-    from pkcs11 import Attribute, ObjectClass
+    from pkcs11 import ObjectClass
 except ImportError:  # token keys report the missing library through require_pkcs11
     pass
+
+_STATUS = {'enroll': 'issued', 'renew': 'renewed', 'poll': 'pending'}
 
 
 def _now():
@@ -72,6 +82,12 @@ def _now():
 
 def _days_left(certificate):
     return (certificate.not_valid_after_utc - _now()).total_seconds() / 86400.0
+
+
+def _facts(certificate):
+    facts = certificate_facts(certificate)
+    facts['days_left'] = int(_days_left(certificate))
+    return facts
 
 
 class ScepEnrollBackend(object):
@@ -93,10 +109,13 @@ class ScepEnrollBackend(object):
         self.fingerprint = normalise_fingerprint(params['ca_fingerprint']) if params['ca_fingerprint'] else None
         self.pinned = load_pinned_certificates(params['ca_certificate_path']) if params['ca_certificate_path'] else []
         self.transport = ScepTransport(params['url'], params['timeout'], params['validate_certs'], params['ca_path'])
-        self.state = ScepState(params['state_path'] or self.certificate_path + '.scep.json', params['history_size'])
+        self.state_path = params['state_path'] or self.certificate_path + '.scep.json'
+        check_parent_directory(self.state_path, 'state_path')
+        self.state = None  # read under the lock
         self.spec = RequestSpec(params) if params['csr_path'] is None else None
         writes_token = not module.check_mode and (params['store_on_token'] or params['rekey'])
         self.key_source = KeySource(module, require=False, rw=writes_token)
+        self.files = None
         if self.key_source.on_token and params['private_key_path'] is None:
             self.key_path = None
         elif params['private_key_path'] is None:
@@ -105,9 +124,10 @@ class ScepEnrollBackend(object):
         else:
             self.key_path = params['private_key_path']
             check_parent_directory(self.key_path, 'private_key_path')
+            self.files = FileKeys(module, self.key_path, self.certificate_path, params['private_key_passphrase'])
         if params['store_on_token'] and self.key_path is not None:
             raise ScepError('store_on_token needs a key on a token (key_label/key_id)')
-        self.changed = False
+        self.replayed = None
         self.written = []
 
     # ---- local state ----------------------------------------------------------------------
@@ -120,16 +140,19 @@ class ScepEnrollBackend(object):
 
     def _file_key(self):
         """(private key, generated now?) for private_key_path; a new key lives in memory until it is needed."""
-        params = self.module.params
-        if os.path.exists(self.key_path):
-            return load_private_key_file(self.key_path, params['private_key_passphrase']), False
+        key = self.files.load(self.key_path)
+        if key is not None:
+            return key, False
         return self._new_file_key(), True
 
     def _new_file_key(self):
         params = self.module.params
         if params['key_type'] != 'rsa':
             raise ScepError('key_type must be rsa: SCEP (RFC 8894) encrypts the reply to the requesting key with RSA')
-        return rsa.generate_private_key(public_exponent=65537, key_size=params['key_size'])
+        return FileKeys.make(params['key_size'])
+
+    def _pending_rekey(self):
+        return bool(self.state.pending and self.state.pending.get('rekey'))
 
     def _decide(self, certificate, public_key):
         """(action, reason) without contacting the server."""
@@ -154,12 +177,143 @@ class ScepEnrollBackend(object):
     # ---- the run --------------------------------------------------------------------------
 
     def run(self):
-        certificate = self._current_certificate()
-        if self.key_path is not None:
-            key, generated = self._file_key()
-            return self._run_with_key(certificate, key, generated)
+        if self.check_mode:  # reads only: no lock, no replay
+            self.state = ScepState(self.state_path, self.module.params['history_size'])
+            return self._run()
+        with StateLock(self.state_path, self.module.params['timeout']):
+            self.state = ScepState(self.state_path, self.module.params['history_size'])
+            if self.state.upgraded:
+                self.state.save(self.module)  # at once: the old format kept the request, challenge included
+            return self._run()
+
+    def _run(self):
+        if self.state.swap is not None and self.check_mode:
+            return self._swap_result(self.state.swap, changed=True)
+        if self.files is not None:
+            return self._replay_file() or self._run_file()
+        if self.state.swap is not None or self._pending_rekey():
+            self.key_source.rw = True
+        self.key_source.before_lookup = self._prepare_token
         with self.key_source as key:
-            return self._run_with_key(certificate, key, False)
+            if self.replayed is not None:
+                return self.replayed
+            return self._run_with_key(self._current_certificate(), key, False)
+
+    def _replay_file(self):
+        """Complete (or roll back) a swap of key files a killed run journaled; its result when completed."""
+        swap = self.state.swap
+        if swap is None:
+            return None
+        done = swap['kind'] == 'file' and self.files.swap(swap['new_key'], swap['certificate'].encode('ascii'),
+                                                          swap.get('keep_old', False))
+        return self._close_swap(done)
+
+    def _run_file(self):
+        if not self.check_mode:
+            self.files.clean(keep_new=self._pending_rekey(), extra_paths=self._other_paths())
+        certificate = self._current_certificate()
+        key, generated = self._file_key()
+        return self._run_with_key(certificate, key, generated)
+
+    def _other_paths(self):
+        paths = [self.state_path]
+        if self.module.params['chain_path']:
+            paths.append(self.module.params['chain_path'])
+        return paths
+
+    def _prepare_token(self, session):
+        """Before the key is looked up: complete (or roll back) a journaled swap, remove a stale ``.new`` key."""
+        if self.check_mode:
+            return
+        for path in [self.certificate_path, self.certificate_path + '.old'] + self._other_paths():
+            remove_leftovers(path)
+        swap = self.state.swap
+        if swap is not None:
+            done = swap['kind'] == 'token' and self._swap_token(session, swap)
+            if not done and swap['kind'] == 'token':
+                discard_token_key(session, swap['label'])
+            self.replayed = self._close_swap(done)
+            if self.replayed is not None:
+                return
+        label = self.module.params['key_label']
+        if label is not None and not self._pending_rekey():
+            discard_token_key(session, label)
+
+    # ---- the swap (journaled) -------------------------------------------------------------
+
+    def _swap_token(self, session, swap):
+        """The token half of a swap, from wherever a killed run stopped; False when the new key is not there."""
+        label = swap['label']
+        staged = staged_token_key(session, label)
+        if staged is not None and token_key_hex(staged) != swap['new_key']:
+            return False
+        if swap.get('old_id') is not None:
+            swap_token_key(session, label, swap.get('keep_old', False), bytes.fromhex(swap['old_id']))
+        current = session.find_one(ObjectClass.PRIVATE_KEY, label=label)
+        if current is None or token_key_hex(current) != swap['new_key']:
+            return False
+        ensure_content(self.module, self.certificate_path, swap['certificate'].encode('ascii'), 0o644)
+        if self.module.params['store_on_token']:
+            ensure_certificate_object(session, current, x509.load_pem_x509_certificate(swap['certificate'].encode('ascii')))
+        return True
+
+    def _close_swap(self, done):
+        """End a journaled swap: the chain and the history when it is complete; forget it either way.
+
+        Returns the run's result when the swap was completed (the CA is not asked again in this run), else None.
+        """
+        swap = self.state.swap
+        self.state.swap = None
+        if not done:
+            self.state.save(self.module)
+            return None
+        if self.module.params['chain_path'] and swap.get('chain') is not None:
+            ensure_content(self.module, self.module.params['chain_path'], ''.join(swap['chain']).encode('ascii'), 0o644)
+        certificate = x509.load_pem_x509_certificate(swap['certificate'].encode('ascii'))
+        self.state.add_issued(certificate_facts(certificate))
+        self.state.save(self.module)
+        return self._swap_result(swap, changed=True)
+
+    def _swap_result(self, swap, changed):
+        certificate = x509.load_pem_x509_certificate(swap['certificate'].encode('ascii'))
+        verb = 'completes' if self.check_mode else 'completed'
+        return dict(changed=changed, status=_STATUS.get(swap['action'], 'renewed'), action=swap['action'],
+                    reason='%s the key and certificate swap of an interrupted run (the CA had already issued the '
+                           'certificate, so it is not asked again)' % verb,
+                    transaction_id=swap.get('transaction_id'), ca_caps=None, certificate=_facts(certificate),
+                    history=self.state.history)
+
+    def _commit(self, certificate, chain, key, generated, new_key, action, transaction_id):
+        """Journal the new certificate (and key, already complete), then swap; the journal goes when all is in place."""
+        params = self.module.params
+        request_key = new_key if new_key is not None else key
+        swap = dict(kind='file' if self.files is not None else 'token', action=action, transaction_id=transaction_id,
+                    certificate=certificate_pem(certificate), chain=[certificate_pem(cert) for cert in chain],
+                    new_key=key_hex(request_key.public_key()), keep_old=not params['remove_old'],
+                    started_at=utc_now_text())
+        if self.files is not None:
+            if new_key is not None and self.files.new_key(swap['new_key']) is None:
+                self.files.write(self.files.new_path, new_key)
+            elif new_key is None and generated:
+                self.files.write_generated(key)
+        else:
+            key_object = self.key_source.key_object
+            swap['label'] = key_object.label
+            if new_key is not None:
+                swap['old_id'] = (key_object.id or b'').hex()
+        self.state.pending = None
+        self.state.swap = swap
+        self.state.save(self.module)
+        if self.files is not None:
+            done = self.files.swap(swap['new_key'], swap['certificate'].encode('ascii'), swap['keep_old'])
+        else:
+            done = self._swap_token(self.key_source.session, swap)
+            self.key_source.key_object = self.key_source.session.find_one(ObjectClass.PRIVATE_KEY, label=swap['label'])
+        if not done:
+            raise ScepError('the new key vanished while its certificate was being stored; the certificate is kept in '
+                            'state_path %s' % self.state_path)
+        self._close_swap(True)
+        return dict(status=_STATUS[action], transaction_id=transaction_id, certificate=_facts(certificate))
 
     def _run_with_key(self, certificate, key, generated):
         params = self.module.params
@@ -168,15 +322,21 @@ class ScepEnrollBackend(object):
                             'key with RSA, so EC and Ed25519 keys cannot enroll')
         action, reason = self._decide(certificate, key.public_key())
         result = dict(status='unchanged', reason=reason, action=action, transaction_id=None, ca_caps=None,
-                      certificate=certificate_facts(certificate) if certificate is not None else None,
+                      certificate=_facts(certificate) if certificate is not None else None,
                       history=self.state.history)
-        if certificate is not None:
-            result['certificate']['days_left'] = int(_days_left(certificate))
         if action == 'unchanged':
-            # Nothing to ask the CA, but the task's mode/owner/group still apply to the certificate file.
-            return dict(result, changed=apply_file_attributes(self.module, self.certificate_path, False, 0o644))
+            # Nothing to ask the CA, but the task's mode/owner/group still apply to the certificate file,
+            # and a certificate object missing next to its token key is written again.
+            changed = apply_file_attributes(self.module, self.certificate_path, False, 0o644)
+            if params['store_on_token'] and not certificate_object_matches(self.key_source.session,
+                                                                           self.key_source.key_object, certificate):
+                changed = True
+                result['reason'] += '; the certificate object on the token was missing or stale and is written again'
+                if not self.check_mode:
+                    ensure_certificate_object(self.key_source.session, self.key_source.key_object, certificate)
+            return dict(result, changed=changed)
         result['changed'] = True
-        result['status'] = {'enroll': 'issued', 'renew': 'renewed', 'poll': 'pending'}[action]
+        result['status'] = _STATUS[action]
         if self.check_mode:
             return result
         if params['splay']:
@@ -195,6 +355,8 @@ class ScepEnrollBackend(object):
         return result
 
     def _request_for(self, key):
+        """The request for ``key``, built (and signed) anew on every send: it is never stored, for it holds the
+        challenge password."""
         params = self.module.params
         if params['csr_path'] is not None:
             csr = load_request(read_file(params['csr_path'], 'csr_path'), 'csr_path %s' % params['csr_path'])
@@ -226,8 +388,10 @@ class ScepEnrollBackend(object):
         der = csr.public_bytes(serialization.Encoding.DER)
         rep = client.exchange(message_type, der, signer_key, signer_cert, transaction_id)
         rep = self._wait(client, rep, signer_key, signer_cert, transaction_id, csr, message_type)
-        pending = dict(transaction_id=transaction_id, message_type=message_type, request=der.hex(),
+        # What a later run needs to poll or resend, and nothing secret: no request (its challenge), no hash of it.
+        pending = dict(transaction_id=transaction_id, message_type=message_type,
                        signer_certificate=certificate_pem(signer_cert), rekey=rekey, action=action,
+                       subject=csr.subject.public_bytes().hex(), public_key=key_hex(request_key.public_key()),
                        started_at=utc_now_text())
         return self._finish(client, rep, signer_key, request_key, key, generated, new_key, pending, transaction_id)
 
@@ -252,15 +416,29 @@ class ScepEnrollBackend(object):
         return client.exchange(message_type, csr.public_bytes(serialization.Encoding.DER), signer_key, signer_cert,
                                transaction_id)
 
+    def _forget_pending(self, why):
+        self.state.pending = None
+        self.state.save(self.module)
+        raise ScepError(why + '; the pending request was forgotten, the next run sends a new one')
+
     def _poll(self, client, key):
         pending = self.state.pending
-        csr = x509.load_der_x509_csr(bytes.fromhex(pending['request']))
         signer_cert = x509.load_pem_x509_certificate(pending['signer_certificate'].encode('ascii'))
         new_key = None
         request_key = key
         if pending.get('rekey'):
-            new_key = self._pending_new_key()
+            new_key = self._pending_new_key(pending['public_key'])
+            if new_key is None:
+                self._discard_new_key(True)
+                self._forget_pending('the new key of the pending rekey request is gone or is another key')
             request_key = new_key
+        elif key_hex(key.public_key()) != pending['public_key']:
+            self._forget_pending('the key is not the one the pending request was made for')
+        csr = self._request_for(request_key)
+        if csr.subject.public_bytes().hex() != pending['subject']:
+            raise ScepError('the request\'s subject changed while a request is pending (transaction %s); set the '
+                            'subject options back, or move state_path %s away to send a new request'
+                            % (pending['transaction_id'], self.state_path))
         rep = self._poll_once(client, key, signer_cert, pending['transaction_id'], csr, pending['message_type'])
         rep = self._wait(client, rep, key, signer_cert, pending['transaction_id'], csr, pending['message_type'])
         if rep.status == STATUS_FAILURE:
@@ -269,12 +447,9 @@ class ScepEnrollBackend(object):
             self.state.pending = None
             self.state.save(self.module)
             raise ScepError(rep.failure_message() + '; the pending request was forgotten, the next run sends a new one')
-        return self._finish(client, rep, key, request_key, key, False, new_key, pending, pending['transaction_id'],
-                            action=pending.get('action', 'enroll'))
+        return self._finish(client, rep, key, request_key, key, False, new_key, pending, pending['transaction_id'])
 
-    def _finish(self, client, rep, decrypt_key, request_key, key, generated, new_key, pending, transaction_id,
-                action=None):
-        action = action or pending['action']
+    def _finish(self, client, rep, decrypt_key, request_key, key, generated, new_key, pending, transaction_id):
         if rep.status == STATUS_FAILURE:
             raise ScepError(rep.failure_message())
         if rep.status == STATUS_PENDING:
@@ -283,118 +458,42 @@ class ScepEnrollBackend(object):
             self.state.save(self.module)
             return dict(status='pending', transaction_id=transaction_id)
         certificate, chain = client.issued_certificate(rep, decrypt_key, request_key.public_key())
-        self._store(certificate, chain, key, generated, new_key)
-        facts = certificate_facts(certificate)
-        facts['days_left'] = int(_days_left(certificate))
-        self.state.pending = None
-        self.state.add_issued(facts)
-        self.state.save(self.module)
-        return dict(status='issued' if action == 'enroll' else 'renewed', transaction_id=transaction_id,
-                    certificate=facts)
+        return self._commit(certificate, chain, key, generated, new_key, pending['action'], transaction_id)
 
-    # ---- keys and writing -----------------------------------------------------------------
+    # ---- new keys -------------------------------------------------------------------------
 
     def _new_key(self, key):
-        """A new key beside the current one, for rekey."""
-        if self.key_path is not None:
+        """A new key beside the current one, for rekey (in memory for a file, ``<label>.new`` on a token)."""
+        if self.files is not None:
             return self._new_file_key()
-        return self._new_token_key(key)
-
-    def _new_label(self):
-        return self.key_source.key_object.label + '.new'
-
-    def _new_token_key_objects(self):
-        """The rekey key pair (label <key_label>.new) on the token, from a run that did not finish."""
-        session, label = self.key_source.session, self._new_label()
-        return session.find(ObjectClass.PRIVATE_KEY, label=label) + session.find(ObjectClass.PUBLIC_KEY, label=label)
-
-    def _new_token_key(self, key):
         session = self.key_source.session
-        destroy(self._new_token_key_objects())
-        public, private = generate_key_pair(session, 'rsa', key.key_size, None, self._new_label(), None,
-                                            ['sign', 'decrypt'], False)
+        public, private = make_token_key(session, self.key_source.key_object.label, 'rsa', key.key_size, None, None,
+                                         ['sign', 'decrypt'], False)
         return token_private_key(self.key_source.token, session, private, public)
 
     def _discard_new_key(self, new_key):
         """Remove a rekey's new key after a failure: from the token, or the file kept for a pending request."""
         if new_key is None:
             return
-        if self.key_path is not None:
-            if os.path.exists(self.key_path + '.new'):
-                os.unlink(self.key_path + '.new')
+        if self.files is not None:
+            self.files.clean(keep_new=False)
             return
-        destroy(self._new_token_key_objects())
+        discard_token_key(self.key_source.session, self.key_source.key_object.label)
 
-    def _pending_new_key(self):
-        if self.key_path is not None:
-            return load_private_key_file(self.key_path + '.new', self.module.params['private_key_passphrase'])
+    def _pending_new_key(self, wanted_hex):
+        """The pending rekey request's new key, only if it is the key the request was made for."""
+        if self.files is not None:
+            return self.files.new_key(wanted_hex)
         session = self.key_source.session
-        private = session.find_one(ObjectClass.PRIVATE_KEY, label=self._new_label())
-        if private is None:
-            raise ScepError('the pending rekey request\'s new key %r is no longer on the token' % self._new_label())
+        private = staged_token_key(session, self.key_source.key_object.label)
+        if private is None or token_key_hex(private) != wanted_hex:
+            return None
         return token_private_key(self.key_source.token, session, private, matching_public_object(session, private))
 
-    def _write_key(self, path, key):
-        """PKCS#8 PEM, encrypted with private_key_passphrase when one is given (the next run loads it with it)."""
-        passphrase = self.module.params['private_key_passphrase']
-        encryption = (serialization.BestAvailableEncryption(passphrase.encode('utf-8')) if passphrase
-                      else serialization.NoEncryption())
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
-        write_file(self.module, path, pem, 0o600, private_file_args(self.module, path))
-
     def _store_pending_key(self, key, generated, new_key):
-        if self.key_path is None:
+        if self.files is None:
             return
         if generated:
-            self._write_key(self.key_path, key)
-        if new_key is not None and not os.path.exists(self.key_path + '.new'):
-            self._write_key(self.key_path + '.new', new_key)
-
-    def _store(self, certificate, chain, key, generated, new_key):
-        """Certificate first, then the key swap: the old key and certificate stay until the new ones are in place."""
-        params = self.module.params
-        old_certificate_pem = read_file(self.certificate_path, 'certificate_path') if os.path.exists(self.certificate_path) else None
-        if self.key_path is not None and new_key is None and generated:
-            self._write_key(self.key_path, key)
-        write_file(self.module, self.certificate_path, certificate_pem(certificate).encode('ascii'), 0o644)
-        if params['chain_path']:
-            write_file(self.module, params['chain_path'], ''.join(certificate_pem(cert) for cert in chain).encode('ascii'), 0o644)
-        if new_key is not None:
-            self._swap_keys(new_key, old_certificate_pem)
-        if params['store_on_token']:
-            self._store_on_token(certificate, new_key)
-
-    def _swap_keys(self, new_key, old_certificate_pem):
-        params = self.module.params
-        if self.key_path is not None:
-            new_path = self.key_path + '.new'
-            if not os.path.exists(new_path):
-                self._write_key(new_path, new_key)
-            if not params['remove_old']:
-                write_file(self.module, self.key_path + '.old', read_file(self.key_path, 'private_key_path'), 0o600,
-                           private_file_args(self.module, self.key_path + '.old'))
-                if old_certificate_pem is not None:
-                    write_file(self.module, self.certificate_path + '.old', old_certificate_pem, 0o644)
-            os.replace(new_path, self.key_path)  # atomic: the key file is never missing
-            return
-        session = self.key_source.session
-        old = self.key_source.key_object
-        label = old.label
-        old_objects = [old] + session.find(ObjectClass.PUBLIC_KEY, object_id=old.id)
-        old_objects += session.find(ObjectClass.CERTIFICATE, object_id=old.id) if old.id else []
-        if params['remove_old']:
-            destroy(old_objects)
-        else:
-            for obj in old_objects:
-                obj[Attribute.LABEL] = label + '.old'
-        new_private = new_key._key
-        for obj in [new_private] + session.find(ObjectClass.PUBLIC_KEY, label=label + '.new'):
-            obj[Attribute.LABEL] = label
-        self.key_source.key_object = new_private
-
-    def _store_on_token(self, certificate, new_key):
-        session = self.key_source.session
-        key_object = self.key_source.key_object
-        old = session.find(ObjectClass.CERTIFICATE, object_id=key_object.id) if key_object.id else []
-        create_certificate(session, certificate, key_object.label, key_object.id)
-        destroy([obj for obj in old if obj[Attribute.LABEL] == key_object.label])
+            self.files.write_generated(key)
+        if new_key is not None and self.files.new_key(key_hex(new_key.public_key())) is None:
+            self.files.write(self.files.new_path, new_key)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 
+from ansible_collections.tokenfleet.pki.plugins.module_utils.keys import make_token_key, swap_token_key
 from ansible_collections.tokenfleet.pki.plugins.module_utils.token import (
     HAS_PKCS11,
     TokenError,
@@ -92,6 +93,10 @@ class TokenKeyBackend(object):
         dummy, token, session = open_token(self.module, rw=not self.check_mode, require_login=True)
         with session:
             self.token, self.session = token, session
+            if not self.check_mode and swap_token_key(session, self.label, keep_old=False):
+                # A replace killed after its new key was made: the new key takes the label, as that run intended.
+                self.changed = True
+                self.actions.append('completed an interrupted replace')
             private = session.find_one(ObjectClass.PRIVATE_KEY, label=self.label)
             public = matching_public_object(session, private) if private is not None else None
             before = key_facts(token, private, public) if private is not None else None
@@ -137,14 +142,13 @@ class TokenKeyBackend(object):
             new_public, new_private = generate_key_pair(self.session, self.key_type, self.size, self.curve, self.label,
                                                         object_id, self.usage, self.extractable)
         else:
-            # The old key stays until the new one exists; then the old pair and its certificates go.
-            new_public, new_private = generate_key_pair(self.session, self.key_type, self.size, self.curve,
-                                                        self.label + '.new', object_id, self.usage, self.extractable)
-            old = [private] + ([public] if public is not None else [])
-            if private.id:
-                old += self.session.find(ObjectClass.CERTIFICATE, object_id=private.id)
-            destroy(old)
-            set_attributes([new_private, new_public], {Attribute.LABEL: self.label})
+            # The old key stays until the new one exists as <label>.new; then the old pair and its certificates go
+            # and the new pair takes the label (keys.swap_token_key, which a later run also uses to finish this).
+            new_public, new_private = make_token_key(self.session, self.label, self.key_type, self.size, self.curve,
+                                                     object_id, self.usage, self.extractable)
+            swap_token_key(self.session, self.label, keep_old=False)
+            new_private = self.session.find_one(ObjectClass.PRIVATE_KEY, label=self.label)
+            new_public = matching_public_object(self.session, new_private)
         return key_facts(self.token, new_private, new_public)
 
     def _predicted(self):
