@@ -29,10 +29,13 @@ def read_file(path, option):
         raise FileError('%s %s cannot be read: %s' % (option, path, exc.strerror or exc))
 
 
-def check_parent_directory(path, option):
+def check_destination(path, option):
+    """A file the module writes: its directory must exist and the path must not be a directory."""
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise FileError('the directory of %s (%s) does not exist' % (option, parent))
+    if os.path.isdir(path):
+        raise FileError('%s %s is a directory, not a file' % (option, path))
 
 
 def staged_prefix(path):
@@ -86,7 +89,7 @@ class StagedFile(object):
     def __init__(self, module, path, content, default_mode=0o600, file_args=None):
         self.module = module
         self.path = os.path.abspath(path)
-        check_parent_directory(self.path, 'the file')
+        check_destination(self.path, 'the file')
         fd, self.tmp_path = tempfile.mkstemp(prefix=staged_prefix(self.path), dir=os.path.dirname(self.path))
         module.add_cleanup_file(self.tmp_path)
         try:

@@ -298,3 +298,30 @@ def test_a_creation_answer_of_the_wrong_shape_still_delivers_the_secret(ksef, ad
     ksef.behave()
     again = run_playbook([module_task('ksef_token', 'again', args)]).result('again')
     assert again['status'] == 'ok' and not again['changed'] and again['result']['reference_number'] == made['referenceNumber']
+
+
+def test_a_directory_as_token_path_is_refused_before_any_call(ksef, admin_token, run_playbook, tmp_path):
+    """Else the token would be made in KSeF and its secret, shown once, could not be written anywhere."""
+    (tmp_path / 'erp.token').mkdir()
+    args = connection(ksef, admin_token, description=DESCRIPTION, permissions=['InvoiceRead'],
+                      token_path=str(tmp_path / 'erp.token'))
+    calls = len(ksef.requests())
+    run = run_playbook([module_task('ksef_token', 'create', args)])
+    assert failed_message(run, 'create') == 'token_path %s is a directory, not a file' % (tmp_path / 'erp.token')
+    assert len(ksef.requests()) == calls
+    assert [token for token in ksef.tokens() if token['description'] == DESCRIPTION] == []
+
+
+def test_a_temp_file_a_killed_run_left_with_a_secret_is_removed(ksef, admin_token, run_playbook, tmp_path):
+    """A kill between writing the secret's temp file and its rename leaves the secret there: the next run removes it."""
+    leftover = tmp_path / '.tokenfleet-erp.token-ab12cd_9'
+    leftover.write_text('a secret a killed run was writing\n')
+    other = tmp_path / '.tokenfleet-other.token-ab12cd_9'
+    other.write_text('not ours\n')
+    args = connection(ksef, admin_token, description=DESCRIPTION, permissions=['InvoiceRead'],
+                      token_path=str(tmp_path / 'erp.token'))
+    run = run_playbook([module_task('ksef_token', 'create', args)])
+    assert run.result('create')['changed'], run.output()
+    assert not leftover.exists()
+    assert other.exists()  # another destination's temp file is not ours to remove
+    assert (tmp_path / 'erp.token').read_text().strip() == secret_of(ksef, run.result('create')['result']['reference_number'])

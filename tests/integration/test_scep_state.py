@@ -296,3 +296,63 @@ def test_a_pending_token_rekey_uses_its_new_key_only_if_it_is_the_requested_one(
     assert 'vpn.new' not in listing
     assert (tmp_path / 'cert.pem').read_bytes() == before
     assert json.loads((tmp_path / 'cert.pem.scep.json').read_text())['pending'] is None
+
+
+def test_a_pending_request_is_kept_when_a_poll_runs_out_of_time(fake, run_playbook, tmp_path):
+    """PENDING, then the polls use up ``timeout``: the request (and its generated key) stays for the next run."""
+    challenge = random_pin(40)
+    server = fake(challenge=challenge, pending=True)
+    host = tmp_path / 'host'
+    host.mkdir()
+    args = dict(ca_fingerprint=server.ca_fingerprint, challenge_password=challenge,
+                private_key_path=str(host / 'key.pem'), certificate_path=str(host / 'cert.pem'),
+                common_name='mfp07.example.com', poll_attempts=3, poll_interval=0)
+    with DelayProxy(server.port, hold=1.5) as proxy:  # each PKIOperation answer takes 1.5 s: the second one is too late
+        run = run_playbook([module_task('scep_enroll', 'request', dict(args, url=proxy.url, timeout=2))], verbosity=3)
+    record = run.result('request')
+    assert record['status'] == 'failed', run.output()
+    assert 'within the timeout of 2 seconds' in record['result']['msg'], run.output()
+    assert proxy.pki_operations == 2  # the request and one poll
+    state = json.loads((host / 'cert.pem.scep.json').read_text())
+    assert state['pending'] is not None, 'the PENDING request was lost with the timed-out poll'
+    transaction_id = state['pending']['transaction_id']
+    assert (host / 'key.pem').exists()  # the key the request was made for
+    run.assert_not_leaked(challenge)
+
+    server.approve()
+    done = run_playbook([module_task('scep_enroll', 'poll', dict(args, url=server.url, timeout=10))])
+    poll = done.result('poll')['result']
+    assert poll['status'] == 'issued' and poll['transaction_id'] == transaction_id, done.output()
+    cert = x509.load_pem_x509_certificate((host / 'cert.pem').read_bytes())
+    key = serialization.load_pem_private_key((host / 'key.pem').read_bytes(), None)
+    assert public_pem(cert) == public_pem(key)
+    assert json.loads((host / 'cert.pem.scep.json').read_text())['pending'] is None
+
+
+@pytest.mark.parametrize('option', ['state_path', 'chain_path', 'certificate_path', 'private_key_path'])
+def test_a_directory_where_a_file_belongs_names_the_option(fake, run_playbook, tmp_path, option):
+    server = fake(challenge='x' * 20)
+    host = tmp_path / 'host'
+    (host / 'a-directory').mkdir(parents=True)
+    args = dict(url=server.url, ca_fingerprint=server.ca_fingerprint, challenge_password='x' * 20,
+                private_key_path=str(host / 'key.pem'), certificate_path=str(host / 'cert.pem'),
+                chain_path=str(host / 'chain.pem'), common_name='mfp08.example.com')
+    args[option] = str(host / 'a-directory')
+    for check in (True, False):
+        run = run_playbook([module_task('scep_enroll', 'enroll', args, check=check)])
+        record = run.result('enroll')
+        assert record['status'] == 'failed', run.output()
+        assert record['result']['msg'] == '%s %s is a directory, not a file' % (option, host / 'a-directory')
+    assert server.pki_messages == []
+    assert sorted(os.listdir(host)) == ['a-directory']
+
+
+def test_a_malformed_ra_fingerprint_is_refused_in_check_mode_too(fake, run_playbook, tmp_path):
+    server = fake(challenge='x' * 20)
+    args = dict(url=server.url, ca_fingerprint=server.ca_fingerprint, challenge_password='x' * 20,
+                private_key_path=str(tmp_path / 'key.pem'), certificate_path=str(tmp_path / 'cert.pem'),
+                common_name='mfp09.example.com', ra_fingerprint='not-a-fingerprint')
+    run = run_playbook([module_task('scep_enroll', 'check', args, check=True)])
+    record = run.result('check')
+    assert record['status'] == 'failed', run.output()
+    assert record['result']['msg'].startswith('ra_fingerprint must list SHA-256 fingerprints'), run.output()

@@ -135,3 +135,17 @@ def test_bad_input_is_a_clear_error_and_initialises_nothing(softhsm, run_playboo
     assert record['status'] == 'failed'
     assert message in record['result']['msg']
     assert token_labels(softhsm) == []
+
+
+def test_a_pin_file_a_killed_run_was_writing_is_removed(softhsm, run_playbook, tmp_path):
+    """A kill between staging the generated PIN and its rename leaves the PIN in a temp file: the next run removes it."""
+    pin_file = tmp_path / 'user-pin'
+    leftover = tmp_path / '.tokenfleet-user-pin-x1y2z3_4'
+    leftover.write_text('12345678\n')
+    run = run_playbook([init_task(softhsm, 'init', label='ws-001', so_pin=random_pin(), user_pin='random',
+                                  user_pin_path=str(pin_file))])
+    assert run.result('init')['changed'], run.output()
+    assert not leftover.exists()
+    assert sorted(os.listdir(tmp_path)) == sorted(name for name in os.listdir(tmp_path)
+                                                  if not name.startswith('.tokenfleet-'))
+    assert can_log_in(softhsm, 'ws-001', pin_file.read_text().strip())

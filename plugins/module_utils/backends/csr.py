@@ -8,9 +8,8 @@ from __future__ import annotations
 import os
 
 from ansible_collections.tokenfleet.pki.plugins.module_utils.files import (
-    FileError,
     apply_file_attributes,
-    check_parent_directory,
+    check_destination,
     read_file,
     write_file,
 )
@@ -30,9 +29,7 @@ class CsrBackend(object):
         params = module.params
         self.path = params['path']
         self.state = params['state']
-        check_parent_directory(self.path, 'path')
-        if os.path.isdir(self.path):
-            raise FileError('path %s is a directory, not a file' % self.path)
+        check_destination(self.path, 'path')
         if params['return_content'] and params.get('challenge_password'):
             # Base64 inside the PEM, the password would escape Ansible's no_log masking.
             raise RequestError('return_content cannot be used with challenge_password: the request carries the '

@@ -10,9 +10,10 @@ import re
 
 from ansible_collections.tokenfleet.pki.plugins.module_utils.bounded_http import server_text
 from ansible_collections.tokenfleet.pki.plugins.module_utils.files import (
-    check_parent_directory,
+    check_destination,
     private_file_args,
     read_file,
+    remove_leftovers,
     write_file,
 )
 from ansible_collections.tokenfleet.pki.plugins.module_utils.ksef.client import KsefApiError, KsefError, check_shape
@@ -69,12 +70,14 @@ class KsefTokenBackend(object):
         self.permissions = sorted(set(params['permissions'] or []))
         self.token_path = params['token_path']
         if self.token_path:
-            check_parent_directory(self.token_path, 'token_path')
+            check_destination(self.token_path, 'token_path')
         self.check_mode = module.check_mode
         self.changed = False
         self.actions = []
 
     def run(self):
+        if self.token_path and not self.check_mode:
+            remove_leftovers(self.token_path)  # a run killed while writing a secret left it in a temp file
         with open_session(self.module) as session:
             self.session = session
             if self.state == 'absent':

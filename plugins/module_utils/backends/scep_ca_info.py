@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from ansible_collections.tokenfleet.pki.plugins.module_utils.files import check_parent_directory, ensure_content
+from ansible_collections.tokenfleet.pki.plugins.module_utils.files import check_destination, ensure_content
 from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.client import (
     CaCertificates,
     choose_algorithms,
@@ -29,7 +29,7 @@ class ScepCaInfoBackend(object):
         self.fingerprint = normalise_fingerprint(params['ca_fingerprint']) if params['ca_fingerprint'] else None
         self.ra_fingerprints = normalise_ra_fingerprints(params['ra_fingerprint'])
         if params['chain_path']:
-            check_parent_directory(params['chain_path'], 'chain_path')
+            check_destination(params['chain_path'], 'chain_path')
 
     def run(self):
         params = self.module.params

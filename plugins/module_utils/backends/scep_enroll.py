@@ -20,7 +20,7 @@ import time
 from ansible_collections.tokenfleet.pki.plugins.module_utils.common import PkiError
 from ansible_collections.tokenfleet.pki.plugins.module_utils.files import (
     apply_file_attributes,
-    check_parent_directory,
+    check_destination,
     ensure_content,
     read_file,
     remove_leftovers,
@@ -40,6 +40,7 @@ from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.client import 
     ScepClient,
     load_pinned_certificates,
     normalise_fingerprint,
+    normalise_ra_fingerprints,
 )
 from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.message import (
     STATUS_FAILURE,
@@ -50,7 +51,7 @@ from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.message import
     transaction_id_for,
 )
 from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.state import ScepState, StateLock, utc_now_text
-from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.transport import ScepTransport
+from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.transport import ScepHttpError, ScepTransport
 from ansible_collections.tokenfleet.pki.plugins.module_utils.signer import KeySource, token_private_key
 from ansible_collections.tokenfleet.pki.plugins.module_utils.token_objects import matching_public_object
 from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import (
@@ -100,17 +101,18 @@ class ScepEnrollBackend(object):
                 raise ScepError('%s must be %s (got %d)' % (option, 'positive' if option in ('timeout', 'history_size')
                                                             else 'zero or more', params[option]))
         self.certificate_path = params['certificate_path']
-        check_parent_directory(self.certificate_path, 'certificate_path')
+        check_destination(self.certificate_path, 'certificate_path')
         if params['chain_path']:
-            check_parent_directory(params['chain_path'], 'chain_path')
+            check_destination(params['chain_path'], 'chain_path')
         if params['ca_fingerprint'] is None and params['ca_certificate_path'] is None:
             raise ScepError('give ca_fingerprint (the SHA-256 fingerprint scep_ca_info shows) or ca_certificate_path: '
                             'replies are only accepted from a pinned CA')
         self.fingerprint = normalise_fingerprint(params['ca_fingerprint']) if params['ca_fingerprint'] else None
+        self.ra_fingerprints = normalise_ra_fingerprints(params['ra_fingerprint'])
         self.pinned = load_pinned_certificates(params['ca_certificate_path']) if params['ca_certificate_path'] else []
         self.transport = ScepTransport(params['url'], params['timeout'], params['validate_certs'], params['ca_path'])
         self.state_path = params['state_path'] or self.certificate_path + '.scep.json'
-        check_parent_directory(self.state_path, 'state_path')
+        check_destination(self.state_path, 'state_path')
         self.state = None  # read under the lock
         self.spec = RequestSpec(params) if params['csr_path'] is None else None
         writes_token = not module.check_mode and (params['store_on_token'] or params['rekey'])
@@ -123,7 +125,7 @@ class ScepEnrollBackend(object):
                             'key on a token')
         else:
             self.key_path = params['private_key_path']
-            check_parent_directory(self.key_path, 'private_key_path')
+            check_destination(self.key_path, 'private_key_path')
             self.files = FileKeys(module, self.key_path, self.certificate_path, params['private_key_passphrase'])
         if params['store_on_token'] and self.key_path is not None:
             raise ScepError('store_on_token needs a key on a token (key_label/key_id)')
@@ -343,7 +345,7 @@ class ScepEnrollBackend(object):
             time.sleep(random.uniform(0, params['splay']))
         client = ScepClient(self.transport, params['ca_identifier'], self.pinned, self.fingerprint,
                             params['signature_algorithm'], params['encryption_algorithm'],
-                            params['allow_legacy_algorithms'], params['ra_fingerprint'])
+                            params['allow_legacy_algorithms'], self.ra_fingerprints)
         client.discover()
         result['ca_caps'] = client.caps
         if action == 'poll':
@@ -372,7 +374,8 @@ class ScepEnrollBackend(object):
         try:
             return self._send_request(client, action, certificate, key, generated, rekey, new_key)
         except PkiError:
-            self._discard_new_key(new_key)
+            if self.state.pending is None and self.state.swap is None:  # else the next run still needs the new key
+                self._discard_new_key(new_key)
             raise
 
     def _send_request(self, client, action, certificate, key, generated, rekey, new_key):
@@ -387,12 +390,15 @@ class ScepEnrollBackend(object):
         transaction_id = transaction_id_for(request_key.public_key())
         der = csr.public_bytes(serialization.Encoding.DER)
         rep = client.exchange(message_type, der, signer_key, signer_cert, transaction_id)
-        rep = self._wait(client, rep, signer_key, signer_cert, transaction_id, csr, message_type)
         # What a later run needs to poll or resend, and nothing secret: no request (its challenge), no hash of it.
         pending = dict(transaction_id=transaction_id, message_type=message_type,
                        signer_certificate=certificate_pem(signer_cert), rekey=rekey, action=action,
                        subject=csr.subject.public_bytes().hex(), public_key=key_hex(request_key.public_key()),
                        started_at=utc_now_text())
+        if rep.status == STATUS_PENDING:
+            # Kept before polling: a poll that fails or runs out of time leaves the request to the next run.
+            self._save_pending(pending, key, generated, new_key)
+        rep = self._wait(client, rep, signer_key, signer_cert, transaction_id, csr, message_type)
         return self._finish(client, rep, signer_key, request_key, key, generated, new_key, pending, transaction_id)
 
     def _wait(self, client, rep, signer_key, signer_cert, transaction_id, csr, message_type):
@@ -409,9 +415,8 @@ class ScepEnrollBackend(object):
         data = issuer_and_subject(client.ca_certificates.issuer().subject, csr.subject)
         try:
             return client.exchange('CertPoll', data, signer_key, signer_cert, transaction_id)
-        except ScepError as exc:
-            if 'HTTP status' not in str(exc):
-                raise
+        except ScepHttpError:
+            pass
         # Servers without CertPoll (micromdm) answer the same request again (RFC 8894 section 3.3.3).
         return client.exchange(message_type, csr.public_bytes(serialization.Encoding.DER), signer_key, signer_cert,
                                transaction_id)
@@ -441,21 +446,17 @@ class ScepEnrollBackend(object):
                             % (pending['transaction_id'], self.state_path))
         rep = self._poll_once(client, key, signer_cert, pending['transaction_id'], csr, pending['message_type'])
         rep = self._wait(client, rep, key, signer_cert, pending['transaction_id'], csr, pending['message_type'])
-        if rep.status == STATUS_FAILURE:
-            # The CA rejected the pending request: forget it, so that the next run starts a new one.
-            self._discard_new_key(new_key)
-            self.state.pending = None
-            self.state.save(self.module)
-            raise ScepError(rep.failure_message() + '; the pending request was forgotten, the next run sends a new one')
         return self._finish(client, rep, key, request_key, key, False, new_key, pending, pending['transaction_id'])
 
     def _finish(self, client, rep, decrypt_key, request_key, key, generated, new_key, pending, transaction_id):
         if rep.status == STATUS_FAILURE:
-            raise ScepError(rep.failure_message())
+            if self.state.pending is None:
+                raise ScepError(rep.failure_message())
+            # The CA rejected a pending request: forget it, so that the next run starts a new one.
+            self._discard_new_key(new_key)
+            self._forget_pending(rep.failure_message())
         if rep.status == STATUS_PENDING:
-            self._store_pending_key(key, generated, new_key)
-            self.state.pending = pending
-            self.state.save(self.module)
+            self._save_pending(pending, key, generated, new_key)
             return dict(status='pending', transaction_id=transaction_id)
         certificate, chain = client.issued_certificate(rep, decrypt_key, request_key.public_key())
         return self._commit(certificate, chain, key, generated, new_key, pending['action'], transaction_id)
@@ -490,10 +491,13 @@ class ScepEnrollBackend(object):
             return None
         return token_private_key(self.key_source.token, session, private, matching_public_object(session, private))
 
-    def _store_pending_key(self, key, generated, new_key):
-        if self.files is None:
-            return
-        if generated:
-            self.files.write_generated(key)
-        if new_key is not None and self.files.new_key(key_hex(new_key.public_key())) is None:
-            self.files.write(self.files.new_path, new_key)
+    def _save_pending(self, pending, key, generated, new_key):
+        """Keep a PENDING request for the next run: its keys on disk first, then the state file."""
+        if self.files is not None:
+            if generated and self.files.load(self.key_path) is None:
+                self.files.write_generated(key)
+            if new_key is not None and self.files.new_key(key_hex(new_key.public_key())) is None:
+                self.files.write(self.files.new_path, new_key)
+        if self.state.pending != pending:
+            self.state.pending = pending
+            self.state.save(self.module)

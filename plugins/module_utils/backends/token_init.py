@@ -6,11 +6,10 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import string
 
-from ansible_collections.tokenfleet.pki.plugins.module_utils.files import StagedFile, check_parent_directory
+from ansible_collections.tokenfleet.pki.plugins.module_utils.files import StagedFile, check_destination, remove_leftovers
 from ansible_collections.tokenfleet.pki.plugins.module_utils.token import (
     HAS_PKCS11,
     LoginFailed,
@@ -68,11 +67,11 @@ class TokenInitBackend(object):
                 raise TokenError('a generated user PIN needs user_pin_path: the PIN is only ever written to that file')
             if self.new_user_pin is not None:
                 raise TokenError('new_user_pin cannot be combined with a generated user_pin')
-            check_parent_directory(params['user_pin_path'], 'user_pin_path')
-            if os.path.isdir(params['user_pin_path']):
-                raise TokenError('user_pin_path %s is a directory, not a file' % params['user_pin_path'])
+            check_destination(params['user_pin_path'], 'user_pin_path')
 
     def run(self):
+        if self.module.params['user_pin_path'] and not self.check_mode:
+            remove_leftovers(self.module.params['user_pin_path'])  # a generated PIN a killed run left in a temp file
         library = Pkcs11Library(self.module.params['pkcs11_module'])
         self.library = library
         slot, token = self._select(library)
