@@ -52,17 +52,24 @@ def fsync_directory(path):
         os.close(fd)
 
 
+_LEGACY_STAGED = re.compile(r'\.tokenfleet-[a-z0-9_]{8}\Z')
+
+
 def remove_leftovers(path):
     """Remove the temp files a killed run left for ``path`` (see staged_prefix); the names removed.
 
-    Only names mkstemp makes for exactly this destination match, so another file's temp files are never touched.
+    Only names mkstemp makes for exactly this destination match, so another file's temp files are never touched;
+    so do the unnamed ones (``.tokenfleet-<8 characters>``) that versions before the named ones left in that directory.
     """
     directory = os.path.dirname(os.path.abspath(path))
     pattern = re.compile(re.escape(staged_prefix(path)) + r'[a-z0-9_]{8}\Z')
     removed = []
     for name in os.listdir(directory):
-        if pattern.match(name):
-            os.unlink(os.path.join(directory, name))
+        if pattern.match(name) or _LEGACY_STAGED.match(name):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except FileNotFoundError:  # removed meanwhile by another run
+                continue
             removed.append(name)
     return removed
 

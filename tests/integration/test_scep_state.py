@@ -356,3 +356,21 @@ def test_a_malformed_ra_fingerprint_is_refused_in_check_mode_too(fake, run_playb
     record = run.result('check')
     assert record['status'] == 'failed', run.output()
     assert record['result']['msg'].startswith('ra_fingerprint must list SHA-256 fingerprints'), run.output()
+
+
+def test_unnamed_temp_files_of_an_older_version_are_removed(fake, run_playbook, tmp_path):
+    """Versions before named temp files left ``.tokenfleet-<8 characters>`` (a key or certificate) that no run removed."""
+    server = fake(challenge='x' * 20)
+    host = tmp_path / 'host'
+    host.mkdir()
+    legacy = host / '.tokenfleet-k3y_9abc'
+    legacy.write_text('-----BEGIN PRIVATE KEY-----\n')
+    unrelated = host / '.tokenfleet-notes.txt'
+    unrelated.write_text('not a temp file of ours\n')
+    args = dict(url=server.url, ca_fingerprint=server.ca_fingerprint, challenge_password='x' * 20,
+                private_key_path=str(host / 'key.pem'), certificate_path=str(host / 'cert.pem'),
+                common_name='mfp10.example.com')
+    run = run_playbook([module_task('scep_enroll', 'enroll', args)])
+    assert run.result('enroll')['result']['status'] == 'issued', run.output()
+    assert not legacy.exists()
+    assert unrelated.exists()
