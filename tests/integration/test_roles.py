@@ -155,3 +155,18 @@ def test_device_certificate_role_check_mode_delivers_nothing_and_an_empty_passph
     record = json.loads((tmp_path / 'keys' / 'cert.pem.error.json').read_text())
     assert record['reason'] == 'device_certificate_pkcs12_passphrase (or DEVICE_PKCS12_PASSPHRASE) is empty', record
     assert bundle.read_bytes() == delivered  # nothing packed without a passphrase
+
+
+def test_device_certificate_role_passes_ra_fingerprint_to_scep_enroll(micromdm, run_playbook, tmp_path):
+    """micromdm sends no RA certificate, so a pinned RA is missing and the run stops before any request."""
+    challenge = random_pin(32)
+    server = micromdm(challenge=challenge)
+    variables = dict(device_certificate_scep_url=server.url, device_certificate_ca_fingerprint=server.ca_fingerprint_sha256,
+                     device_certificate_challenge_password=challenge, device_certificate_pkcs12_passphrase=random_pin(24),
+                     device_certificate_dir=str(tmp_path / 'keys'), device_certificate_out_dir=str(tmp_path / 'out'),
+                     device_certificate_common_name='192.0.2.16', device_certificate_ra_fingerprint=['ab' * 32])
+    run = run_playbook([role_task('role', 'device_certificate', variables)])
+    assert run.rc != 0
+    record = json.loads((tmp_path / 'keys' / 'cert.pem.error.json').read_text())
+    assert record['reason'].startswith('ra_fingerprint %s matches none of the certificates the SCEP server sent' % ('ab' * 32))
+    assert server.pkioperation_count() == 0
