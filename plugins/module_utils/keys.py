@@ -36,6 +36,7 @@ from ansible_collections.tokenfleet.pki.plugins.module_utils.token_objects impor
     create_certificate,
     destroy,
     generate_key_pair,
+    matching_public_object,
     public_key_from_objects,
 )
 from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import (
@@ -46,7 +47,9 @@ from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import (
 
 if HAS_CRYPTOGRAPHY:
     from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    EC_CURVES = {'secp256r1': ec.SECP256R1, 'secp384r1': ec.SECP384R1}
 
 try:
     import pkcs11
@@ -78,7 +81,10 @@ class FileKeys(object):
         self.passphrase = passphrase
 
     @staticmethod
-    def make(key_size):
+    def make(key_type, key_size=2048, curve='secp256r1'):
+        """A new key in memory: RSA of ``key_size`` bits, or EC on ``curve`` (secp256r1, secp384r1)."""
+        if key_type == 'ec':
+            return ec.generate_private_key(EC_CURVES[curve]())
         return rsa.generate_private_key(public_exponent=65537, key_size=key_size)
 
     def load(self, path):
@@ -251,9 +257,14 @@ def swap_token_key(session, label, keep_old, old_id=None):
     return True
 
 
-def token_key_hex(private):
-    """The public key of a token private key in hexadecimal (RSA private keys carry it), None when unknown."""
+def token_key_hex(session, private):
+    """The public key of a token private key in hexadecimal, None when unknown.
+
+    RSA private keys carry it; an EC private key does not carry its point, so it is read from its public half.
+    """
     key = public_key_from_objects(private)
+    if key is None:
+        key = public_key_from_objects(private, matching_public_object(session, private))
     return key_hex(key) if key is not None else None
 
 

@@ -80,16 +80,31 @@ options:
     default: false
   key_type:
     description:
-      - Type of a key generated at O(private_key_path) when that file is missing. SCEP encrypts the server's reply to
-        the requesting key, which needs RSA.
+      - Type of a key generated at O(private_key_path) when that file is missing. An existing key file or token key is
+        used as it is, RSA or EC.
+      - An RSA key signs its own SCEP messages (self-signed for a first request, with its current certificate for a
+        renewal), and the server encrypts its reply to it.
+      - An EC key only signs, while SCEP encrypts the server's reply with RSA to the certificate that signed the
+        message. So the request (CSR) carries and is signed by the EC key, and the SCEP message around it is signed by
+        a throwaway RSA key and self-signed certificate with the request's subject (RFC 8894 section 2.3 lets that
+        certificate carry another key). They live in memory for the run only and are never written; the reply is
+        decrypted with them, and a later run that polls a pending request makes new ones. Renewals of an EC
+        certificate are sent the same way, so the server must accept them on the challenge password rather than on the
+        current certificate's signature. step-ca does; micromdm 2.1.0 cannot issue certificates for EC requests.
     type: str
-    choices: [rsa]
+    choices: [rsa, ec]
     default: rsa
   key_size:
-    description: Size of a generated RSA key (the printer's "key length").
+    description: Size of a generated RSA key (the printer's "key length"). Not used for EC keys.
     type: int
     choices: [2048, 3072, 4096]
     default: 2048
+  curve:
+    description:
+      - Curve of a generated EC key (O(key_type=ec) only); V(secp256r1) (P-256) when not given.
+      - A rekey makes the new key with the type, size or curve of the current key, whatever these options say.
+    type: str
+    choices: [secp256r1, secp384r1]
   csr_path:
     description: Send this existing request (PEM or DER) instead of making one from the request options.
     type: path
@@ -126,6 +141,7 @@ options:
     description:
       - Renew with a new key. It is made beside the current one (V(<private_key_path>.new), or label V(<key_label>.new)
         on the token) and takes the current key's place only after the new certificate is stored.
+      - The new key has the current key's type and size, or its curve for an EC key.
     type: bool
     default: false
   remove_old:
@@ -262,8 +278,9 @@ def main():
         certificate_path=dict(type='path', required=True),
         chain_path=dict(type='path'),
         store_on_token=dict(type='bool', default=False),
-        key_type=dict(type='str', choices=['rsa'], default='rsa'),
+        key_type=dict(type='str', choices=['rsa', 'ec'], default='rsa'),
         key_size=dict(type='int', choices=[2048, 3072, 4096], default=2048),
+        curve=dict(type='str', choices=['secp256r1', 'secp384r1']),
         csr_path=dict(type='path'),
         signature_algorithm=dict(type='str', choices=['auto', 'sha1', 'sha256', 'sha512', 'md5'], default='auto'),
         encryption_algorithm=dict(type='str', choices=['auto', 'aes128', 'aes192', 'aes256', '3des', 'des'],

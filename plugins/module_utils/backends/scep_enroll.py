@@ -48,12 +48,13 @@ from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.message import
     ScepError,
     issuer_and_subject,
     signer_certificate,
+    throwaway_signer,
     transaction_id_for,
 )
 from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.state import ScepState, StateLock, utc_now_text
 from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.transport import ScepHttpError, ScepTransport
 from ansible_collections.tokenfleet.pki.plugins.module_utils.signer import KeySource, token_private_key
-from ansible_collections.tokenfleet.pki.plugins.module_utils.token_objects import matching_public_object
+from ansible_collections.tokenfleet.pki.plugins.module_utils.token_objects import key_size_and_curve, matching_public_object
 from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import (
     HAS_CRYPTOGRAPHY,
     RequestSpec,
@@ -67,10 +68,10 @@ from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import (
 if HAS_CRYPTOGRAPHY:
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 try:
-    from pkcs11 import ObjectClass
+    from pkcs11 import KeyType, ObjectClass
 except ImportError:  # token keys report the missing library through require_pkcs11
     pass
 
@@ -129,6 +130,9 @@ class ScepEnrollBackend(object):
             self.files = FileKeys(module, self.key_path, self.certificate_path, params['private_key_passphrase'])
         if params['store_on_token'] and self.key_path is not None:
             raise ScepError('store_on_token needs a key on a token (key_label/key_id)')
+        if params['curve'] is not None and params['key_type'] != 'ec':
+            raise ScepError('curve is the curve of a generated EC key: it needs key_type ec (got key_type %s)'
+                            % params['key_type'])
         self.replayed = None
         self.written = []
 
@@ -149,9 +153,7 @@ class ScepEnrollBackend(object):
 
     def _new_file_key(self):
         params = self.module.params
-        if params['key_type'] != 'rsa':
-            raise ScepError('key_type must be rsa: SCEP (RFC 8894) encrypts the reply to the requesting key with RSA')
-        return FileKeys.make(params['key_size'])
+        return FileKeys.make(params['key_type'], params['key_size'], params['curve'] or 'secp256r1')
 
     def _pending_rekey(self):
         return bool(self.state.pending and self.state.pending.get('rekey'))
@@ -247,12 +249,12 @@ class ScepEnrollBackend(object):
         """The token half of a swap, from wherever a killed run stopped; False when the new key is not there."""
         label = swap['label']
         staged = staged_token_key(session, label)
-        if staged is not None and token_key_hex(staged) != swap['new_key']:
+        if staged is not None and token_key_hex(session, staged) != swap['new_key']:
             return False
         if swap.get('old_id') is not None:
             swap_token_key(session, label, swap.get('keep_old', False), bytes.fromhex(swap['old_id']))
         current = session.find_one(ObjectClass.PRIVATE_KEY, label=label)
-        if current is None or token_key_hex(current) != swap['new_key']:
+        if current is None or token_key_hex(session, current) != swap['new_key']:
             return False
         ensure_content(self.module, self.certificate_path, swap['certificate'].encode('ascii'), 0o644)
         if self.module.params['store_on_token']:
@@ -319,9 +321,8 @@ class ScepEnrollBackend(object):
 
     def _run_with_key(self, certificate, key, generated):
         params = self.module.params
-        if not isinstance(key, rsa.RSAPrivateKey):
-            raise ScepError('the key is not an RSA key: SCEP (RFC 8894) encrypts the server\'s reply to the requesting '
-                            'key with RSA, so EC and Ed25519 keys cannot enroll')
+        if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
+            raise ScepError('the key is neither an RSA nor an EC key: scep_enroll enrolls RSA and EC keys only')
         action, reason = self._decide(certificate, key.public_key())
         result = dict(status='unchanged', reason=reason, action=action, transaction_id=None, ca_caps=None,
                       certificate=_facts(certificate) if certificate is not None else None,
@@ -378,21 +379,35 @@ class ScepEnrollBackend(object):
                 self._discard_new_key(new_key)
             raise
 
+    @staticmethod
+    def _signer(key, subject, certificate=None):
+        """(key, certificate) that sign the pkiMessage; the reply is encrypted to that certificate, so the key decrypts it.
+
+        An RSA key signs its own requests: with ``certificate`` (the current one, for a renewal) or self-signed. An EC
+        key cannot decrypt, since SCEP's envelope is RSA key transport: a throwaway RSA key and self-signed certificate
+        sign instead, in memory only, for renewals too (step-ca encrypts its reply to every certificate in the request
+        and can do so only with RSA). The request itself (the CSR) always carries and is signed by ``key``.
+        """
+        if not isinstance(key, rsa.RSAPrivateKey):
+            return throwaway_signer(subject)
+        if certificate is not None:
+            return key, certificate
+        return key, signer_certificate(key, subject)
+
     def _send_request(self, client, action, certificate, key, generated, rekey, new_key):
         params = self.module.params
         request_key = new_key if rekey else key
         csr = self._request_for(request_key)
-        if action == 'renew':
-            signer_key, signer_cert = key, certificate  # renewal: authenticated by the current certificate
-        else:
-            signer_key, signer_cert = key, signer_certificate(key, csr.subject)
+        # a renewal is authenticated by the current certificate (RSA keys only)
+        signer_key, signer_cert = self._signer(key, csr.subject, certificate if action == 'renew' else None)
         message_type = 'RenewalReq' if action == 'renew' and params['renewal_message'] == 'renewalreq' else 'PKCSReq'
         transaction_id = transaction_id_for(request_key.public_key())
         der = csr.public_bytes(serialization.Encoding.DER)
         rep = client.exchange(message_type, der, signer_key, signer_cert, transaction_id)
         # What a later run needs to poll or resend, and nothing secret: no request (its challenge), no hash of it.
         pending = dict(transaction_id=transaction_id, message_type=message_type,
-                       signer_certificate=certificate_pem(signer_cert), rekey=rekey, action=action,
+                       signer_certificate=certificate_pem(signer_cert) if signer_key is key else None, rekey=rekey,
+                       action=action,
                        subject=csr.subject.public_bytes().hex(), public_key=key_hex(request_key.public_key()),
                        started_at=utc_now_text())
         if rep.status == STATUS_PENDING:
@@ -428,7 +443,6 @@ class ScepEnrollBackend(object):
 
     def _poll(self, client, key):
         pending = self.state.pending
-        signer_cert = x509.load_pem_x509_certificate(pending['signer_certificate'].encode('ascii'))
         new_key = None
         request_key = key
         if pending.get('rekey'):
@@ -444,9 +458,12 @@ class ScepEnrollBackend(object):
             raise ScepError('the request\'s subject changed while a request is pending (transaction %s); set the '
                             'subject options back, or move state_path %s away to send a new request'
                             % (pending['transaction_id'], self.state_path))
-        rep = self._poll_once(client, key, signer_cert, pending['transaction_id'], csr, pending['message_type'])
-        rep = self._wait(client, rep, key, signer_cert, pending['transaction_id'], csr, pending['message_type'])
-        return self._finish(client, rep, key, request_key, key, False, new_key, pending, pending['transaction_id'])
+        stored = pending['signer_certificate']  # None: a throwaway signer, whose key went with the run that made it
+        signer_key, signer_cert = self._signer(key, csr.subject,
+                                               x509.load_pem_x509_certificate(stored.encode('ascii')) if stored else None)
+        rep = self._poll_once(client, signer_key, signer_cert, pending['transaction_id'], csr, pending['message_type'])
+        rep = self._wait(client, rep, signer_key, signer_cert, pending['transaction_id'], csr, pending['message_type'])
+        return self._finish(client, rep, signer_key, request_key, key, False, new_key, pending, pending['transaction_id'])
 
     def _finish(self, client, rep, decrypt_key, request_key, key, generated, new_key, pending, transaction_id):
         if rep.status == STATUS_FAILURE:
@@ -464,12 +481,19 @@ class ScepEnrollBackend(object):
     # ---- new keys -------------------------------------------------------------------------
 
     def _new_key(self, key):
-        """A new key beside the current one, for rekey (in memory for a file, ``<label>.new`` on a token)."""
+        """A new key of the current key's type, size or curve, for rekey (in memory for a file, ``<label>.new`` on a
+        token)."""
         if self.files is not None:
-            return self._new_file_key()
+            if isinstance(key, ec.EllipticCurvePrivateKey):
+                return FileKeys.make('ec', curve=key.curve.name)
+            return FileKeys.make('rsa', key.key_size)
         session = self.key_source.session
-        public, private = make_token_key(session, self.key_source.key_object.label, 'rsa', key.key_size, None, None,
-                                         ['sign', 'decrypt'], False)
+        key_object = self.key_source.key_object
+        size, curve = key_size_and_curve(key_object)
+        if key_object.key_type == KeyType.EC:
+            public, private = make_token_key(session, key_object.label, 'ec', None, curve, None, ['sign'], False)
+        else:
+            public, private = make_token_key(session, key_object.label, 'rsa', size, None, None, ['sign', 'decrypt'], False)
         return token_private_key(self.key_source.token, session, private, public)
 
     def _discard_new_key(self, new_key):
@@ -487,7 +511,7 @@ class ScepEnrollBackend(object):
             return self.files.new_key(wanted_hex)
         session = self.key_source.session
         private = staged_token_key(session, self.key_source.key_object.label)
-        if private is None or token_key_hex(private) != wanted_hex:
+        if private is None or token_key_hex(session, private) != wanted_hex:
             return None
         return token_private_key(self.key_source.token, session, private, matching_public_object(session, private))
 

@@ -216,6 +216,17 @@ def signer_certificate(private_key, subject, now=None):
             .sign(private_key, algorithm))
 
 
+def throwaway_signer(subject):
+    """(RSA key, self-signed certificate) for a request whose key cannot decrypt: an EC key only signs.
+
+    SCEP encrypts the reply to the certificate that signed the request (RFC 8894 section 3.3.2), with RSA key
+    transport only, and section 2.3 lets that certificate carry a key other than the request's. This pair lives in
+    memory for one run: it is never written, and a later run that polls makes its own.
+    """
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key, signer_certificate(key, subject)
+
+
 def transaction_id_for(public_key):
     """A transaction id derived from the key, so a resent request and its polls share it."""
     return hashlib.sha256(public_key_der(public_key)).hexdigest().upper()

@@ -24,7 +24,7 @@ if HAS_CRYPTOGRAPHY:
     from cryptography import x509
 
 VERSION = 2
-_PENDING_FIELDS = ('transaction_id', 'message_type', 'signer_certificate', 'action', 'subject', 'public_key')
+_PENDING_FIELDS = ('transaction_id', 'message_type', 'action', 'subject', 'public_key')
 _SWAP_FIELDS = ('certificate', 'new_key', 'action', 'kind')
 
 
@@ -70,7 +70,10 @@ def _validated(data):
         pending = _upgrade_pending(dict(pending))
         _check_strings(pending, _PENDING_FIELDS, 'pending')
         _require(pending['message_type'] in ('PKCSReq', 'RenewalReq'), 'pending has an unknown message_type')
-        x509.load_pem_x509_certificate(pending['signer_certificate'].encode('ascii'))
+        # null: the request was signed by a throwaway RSA signer (an EC key), which lives in memory only
+        _require('signer_certificate' in pending, 'pending has no signer_certificate')
+        if pending['signer_certificate'] is not None:
+            x509.load_pem_x509_certificate(pending['signer_certificate'].encode('ascii'))
         bytes.fromhex(pending['subject'])
         bytes.fromhex(pending['public_key'])
     if swap is not None:
