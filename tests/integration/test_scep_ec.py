@@ -345,3 +345,29 @@ def test_pending_ec_request_is_polled_by_a_later_run_with_a_new_throwaway_signer
         assert files_holding(tmp_path, needles) == []
     finally:
         server.stop()
+
+
+def test_ed25519_key_is_refused_before_any_request(stepca, run_playbook, tmp_path):
+    server = stepca()
+    openssl('genpkey', '-algorithm', 'ED25519', '-out', tmp_path / 'key.pem')
+    record = run_playbook([module_task('scep_enroll', 'enroll', base_args(server, tmp_path,
+                                                                         private_key_path=str(tmp_path / 'key.pem')))]).result('enroll')
+    assert record['status'] == 'failed'
+    assert record['result']['msg'] == 'the key is neither an RSA nor an EC key: scep_enroll enrolls RSA and EC keys only'
+    assert not (tmp_path / 'cert.pem').exists()
+    assert server.pkioperation_count() == 0
+
+
+def test_files_holding_finds_a_key_as_pem_der_or_hex(tmp_path):
+    """The search the throwaway-signer checks rely on finds a key's modulus however a file would hold it."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    modulus = key.public_key().public_numbers().n.to_bytes(256, 'big')
+    (tmp_path / 'a').mkdir()
+    (tmp_path / 'a' / 'key.pem').write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                               serialization.NoEncryption()))
+    (tmp_path / 'key.der').write_bytes(key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    (tmp_path / 'state.json').write_text(json.dumps(dict(n=modulus.hex().upper())))
+    (tmp_path / 'other.pem').write_bytes(b'-----BEGIN X-----\nnot base64!\n-----END X-----\n')
+    assert sorted(os.path.relpath(path, tmp_path) for path in files_holding(tmp_path, [modulus])) == [
+        'a/key.pem', 'key.der', 'state.json']
