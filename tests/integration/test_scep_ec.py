@@ -371,3 +371,40 @@ def test_files_holding_finds_a_key_as_pem_der_or_hex(tmp_path):
     (tmp_path / 'other.pem').write_bytes(b'-----BEGIN X-----\nnot base64!\n-----END X-----\n')
     assert sorted(os.path.relpath(path, tmp_path) for path in files_holding(tmp_path, [modulus])) == [
         'a/key.pem', 'key.der', 'state.json']
+
+
+def test_pending_ec_token_rekey_is_completed_by_a_later_run(token, run_playbook, tmp_path):
+    """The new P-384 key (<label>.new) of a pending rekey is found again by its public half and takes the label."""
+    server = FakeScepServer(challenge='fake-challenge-%s' % os.urandom(8).hex())
+    server.start()
+    try:
+        hsm, pin = token['hsm'], token['user']
+        args = dict(token_args(token), url=server.url, ca_fingerprint=server.ca_fingerprint,
+                    challenge_password=server.challenge, key_label='vpn', store_on_token=True,
+                    certificate_path=str(tmp_path / 'cert.pem'), common_name='ws02.example.com', timeout=5)
+        run = run_playbook([token_key_task(token, 'vpn', 'secp384r1'), module_task('scep_enroll', 'enroll', args)])
+        assert run.result('enroll')['result']['status'] == 'issued', run.output()
+        old_public = token_pubkey(hsm, pin, 'vpn', tmp_path)
+        server.configure(pending=True)
+        rekey = dict(args, rekey=True, force=True)
+        first = run_playbook([module_task('scep_enroll', 'rekey', rekey)], verbosity=3)
+        request = first.result('rekey')['result']
+        assert request['status'] == 'pending', first.output()
+        assert token_labels(hsm, pin) == ['vpn', 'vpn.new']
+        new_public = token_pubkey(hsm, pin, 'vpn.new', tmp_path)
+        assert state_of(tmp_path)['pending']['signer_certificate'] is None
+        server.approve(request['transaction_id'])
+        second = run_playbook([module_task('scep_enroll', 'issued', dict(args, rekey=True)),
+                               module_task('scep_enroll', 'again', dict(args, rekey=True))], verbosity=3)
+        issued = second.result('issued')['result']
+        assert issued['status'] == 'renewed' and issued['transaction_id'] == request['transaction_id'], second.output()
+        assert second.result('again')['changed'] is False
+        assert token_labels(hsm, pin) == ['vpn', 'vpn.old']
+        assert token_pubkey(hsm, pin, 'vpn', tmp_path) == new_public != old_public
+        assert token_pubkey(hsm, pin, 'vpn.old', tmp_path) == old_public
+        assert cert_pubkey(tmp_path / 'cert.pem') == new_public
+        assert token_certificate_pubkey(hsm, pin, 'vpn', tmp_path) == new_public
+        for run_ in (first, second):
+            run_.assert_not_leaked(server.challenge, pin)
+    finally:
+        server.stop()

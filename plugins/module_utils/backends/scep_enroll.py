@@ -405,9 +405,9 @@ class ScepEnrollBackend(object):
         der = csr.public_bytes(serialization.Encoding.DER)
         rep = client.exchange(message_type, der, signer_key, signer_cert, transaction_id)
         # What a later run needs to poll or resend, and nothing secret: no request (its challenge), no hash of it.
-        pending = dict(transaction_id=transaction_id, message_type=message_type,
-                       signer_certificate=certificate_pem(signer_cert) if signer_key is key else None, rekey=rekey,
-                       action=action,
+        # A throwaway signer's certificate is not kept either: its key is gone with this run.
+        pending = dict(transaction_id=transaction_id, message_type=message_type, rekey=rekey, action=action,
+                       signer_certificate=certificate_pem(signer_cert) if signer_key is key else None,
                        subject=csr.subject.public_bytes().hex(), public_key=key_hex(request_key.public_key()),
                        started_at=utc_now_text())
         if rep.status == STATUS_PENDING:
