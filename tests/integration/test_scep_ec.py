@@ -64,8 +64,8 @@ def token_pubkey(hsm, pin, label, directory):
     ("cannot create EVP_PKEY").
     """
     listing = hsm.pkcs11_tool('--token-label', 'ws-001', '--login', '--list-objects', '--type', 'pubkey', pin=pin).stdout
-    found = [block for block in listing.split('Public Key Object')[1:] if re.search(r'label:\s+%s\s*$' % re.escape(label),
-                                                                                    block, re.M)]
+    label_line = re.compile(r'label:\s+%s\s*$' % re.escape(label), re.M)
+    found = [block for block in listing.split('Public Key Object')[1:] if label_line.search(block)]
     assert len(found) == 1, listing
     point = core.OctetString.load(bytes.fromhex(re.search(r'EC_POINT:\s+([0-9a-f]+)', found[0]).group(1))).native
     curve = {'06082a8648ce3d030107': ec.SECP256R1, '06052b81040022': ec.SECP384R1}[
@@ -122,10 +122,12 @@ def _pem_payloads(data):
     return payloads
 
 
-def files_holding(directory, needles):
-    """Every file under ``directory`` that holds one of ``needles`` (bytes): raw, in hex, or in a PEM block."""
+def files_holding(directory, needles, skip=()):
+    """Every file under ``directory`` (but not under its subdirectories ``skip``) that holds one of ``needles``
+    (bytes): raw, in hex, or in a PEM block."""
     hits = []
-    for root, dummy, names in os.walk(directory):
+    for root, dirs, names in os.walk(directory):
+        dirs[:] = [name for name in dirs if root != str(directory) or name not in skip]
         for name in names:
             path = os.path.join(root, name)
             if os.path.islink(path) or not os.path.isfile(path):
@@ -185,7 +187,8 @@ def state_of(tmp_path):
 def test_generated_ec_p256_file_key_four_run(stepca, run_playbook, tmp_path):
     server = stepca(record=True)
     args = base_args(server, tmp_path, private_key_path=str(tmp_path / 'key.pem'), key_type='ec', curve='secp256r1')
-    run = run_playbook(four_run_tasks('scep_enroll', args), verbosity=3)
+    del args['challenge_password']  # from the environment, so that the playbook file does not hold it either
+    run = run_playbook(four_run_tasks('scep_enroll', args), verbosity=3, env=dict(SCEP_CHALLENGE_PASSWORD=server.challenge))
     assert_four_run(run, FOUR_RUN)
     assert run.result('run 1')['result']['status'] == 'issued'
     assert [run.result(name)['result']['status'] for name in ('check 2', 'run 2')] == ['unchanged', 'unchanged']
@@ -203,6 +206,9 @@ def test_generated_ec_p256_file_key_four_run(stepca, run_playbook, tmp_path):
     assert [message_type for message_type, dummy in signers] == ['19']
     assert state_of(tmp_path)['pending'] is None
     run.assert_not_leaked(server.challenge)
+    # the challenge is in step-ca's own configuration only (its directory), in no file of the run
+    assert files_holding(tmp_path, [server.challenge.encode('ascii')], skip=('stepca',)) == []
+    assert files_holding(tmp_path / 'stepca', [server.challenge.encode('ascii')]) != []
 
 
 def test_existing_ec_p384_file_key_enrolls_and_renews(stepca, run_playbook, tmp_path):
@@ -350,8 +356,8 @@ def test_pending_ec_request_is_polled_by_a_later_run_with_a_new_throwaway_signer
 def test_ed25519_key_is_refused_before_any_request(stepca, run_playbook, tmp_path):
     server = stepca()
     openssl('genpkey', '-algorithm', 'ED25519', '-out', tmp_path / 'key.pem')
-    record = run_playbook([module_task('scep_enroll', 'enroll', base_args(server, tmp_path,
-                                                                         private_key_path=str(tmp_path / 'key.pem')))]).result('enroll')
+    args = base_args(server, tmp_path, private_key_path=str(tmp_path / 'key.pem'))
+    record = run_playbook([module_task('scep_enroll', 'enroll', args)]).result('enroll')
     assert record['status'] == 'failed'
     assert record['result']['msg'] == 'the key is neither an RSA nor an EC key: scep_enroll enrolls RSA and EC keys only'
     assert not (tmp_path / 'cert.pem').exists()
