@@ -19,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 
 import pytest
 from asn1crypto import cms, core
@@ -377,6 +378,39 @@ def test_files_holding_finds_a_key_as_pem_der_or_hex(tmp_path):
     (tmp_path / 'other.pem').write_bytes(b'-----BEGIN X-----\nnot base64!\n-----END X-----\n')
     assert sorted(os.path.relpath(path, tmp_path) for path in files_holding(tmp_path, [modulus])) == [
         'a/key.pem', 'key.der', 'state.json']
+
+
+def test_polls_within_one_run_keep_the_throwaway_signer(run_playbook, tmp_path):
+    """The reply to a poll is encrypted to the request's signer: one throwaway signer for the request and its polls."""
+    server = FakeScepServer(challenge='fake-challenge-%s' % os.urandom(8).hex())
+    server.configure(pending=True)
+    server.start()
+    done = threading.Event()
+
+    def approve_once_pending():
+        while not done.wait(0.1):
+            if server.pending_transactions:
+                server.approve()
+                return
+
+    approver = threading.Thread(target=approve_once_pending, daemon=True)
+    approver.start()
+    try:
+        args = dict(url=server.url, ca_fingerprint=server.ca_fingerprint, challenge_password=server.challenge,
+                    private_key_path=str(tmp_path / 'key.pem'), certificate_path=str(tmp_path / 'cert.pem'),
+                    common_name='mfp03.example.com', timeout=5, key_type='ec', curve='secp384r1',
+                    poll_attempts=20, poll_interval=1)
+        run = run_playbook([module_task('scep_enroll', 'wait', args)])
+        assert run.result('wait')['result']['status'] == 'issued', run.output()
+        signers = [message.signer_certificate for message in server.pki_messages]
+        assert len(signers) >= 2 and all(signer == signers[0] for signer in signers)
+        assert isinstance(signers[0].public_key(), rsa.RSAPublicKey)
+        assert cert_pubkey(tmp_path / 'cert.pem') == key_pubkey(tmp_path / 'key.pem')
+        assert curve_of_key_file(tmp_path / 'key.pem') == 'secp384r1'
+    finally:
+        done.set()
+        approver.join(5)
+        server.stop()
 
 
 def test_pending_ec_token_rekey_is_completed_by_a_later_run(token, run_playbook, tmp_path):
