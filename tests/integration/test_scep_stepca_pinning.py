@@ -126,12 +126,16 @@ def test_24_hour_certificates_are_not_due_after_issue_and_renew_as_renewalreq(st
                else dict(ca_fingerprint=server.root_fingerprint))
     args = enroll_args(server, tmp_path, renewal_message='renewalreq', **pinning)
     run = run_playbook([
+        module_task('scep_enroll', 'bad window', dict(args, renew_before='a third')),
         module_task('scep_enroll', 'enroll', args),
         module_task('scep_enroll', 'check again', args, check=True),
         module_task('scep_enroll', 'again', args),
         module_task('scep_enroll', 'whole lifetime', dict(args, renew_before='100%')),
         module_task('scep_enroll', 'after renewal', args),
     ], verbosity=3)
+    assert run.result('bad window')['status'] == 'failed'
+    assert run.result('bad window')['result']['msg'] == ('renew_before must be a number of days (for example 30) or a share of '
+                                                         'the lifetime (for example "33%"), not \'a third\'')
     assert run.result('enroll')['result'].get('status') == 'issued', run.result('enroll')['result'].get('msg')
     for name in ('check again', 'again', 'after renewal'):
         result = run.result(name)['result']
