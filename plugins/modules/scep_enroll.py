@@ -13,9 +13,9 @@ description:
   - Enrolls a key with a SCEP (RFC 8894) server such as Windows NDES, EJBCA, OpenXPKI or micromdm, stores the
     certificate, and renews it when it is inside the renewal window, as a printer's SCEP settings page does.
   - A valid certificate outside the renewal window means no request to the server at all.
-  - The request (and its challenge password) is encrypted only to the pinned CA (O(ca_fingerprint) or
-    O(ca_certificate_path)) or to an RA certificate for encryption, and replies are accepted only when signed by the
-    pinned CA or an RA certificate for signing, with this request's transaction id, nonce and message digest. What
+  - The request (and its challenge password) is encrypted only to the issuing CA of the pinned chain (O(ca_fingerprint)
+    or O(ca_certificate_path), which may be the root) or to an RA certificate for encryption, and replies are accepted
+    only when signed by a CA of the pinned chain or an RA certificate for signing, with this request's transaction id, nonce and message digest. What
     counts as an RA certificate is described at O(ra_fingerprint); a certificate the CA issued to some device is never
     one. A reply signed by any other certificate is refused with a message naming its signer, and nothing is written.
   - The server's capabilities (GetCACaps) choose the algorithms. When GetCACaps fails (HTTP error, a connection broken
