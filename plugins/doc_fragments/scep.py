@@ -42,16 +42,17 @@ options:
       - SHA-256 fingerprints (hexadecimal, colons and case do not matter, as M(tokenfleet.pki.scep_ca_info) returns
         them) of the RA certificates to trust, for example NDES's two RA certificates. A single string is a list of one.
       - When set, only these certificates (and the pinned CA) count as RA certificates, whatever their extended key
-        usage; each must still be issued by the pinned CA, be valid and allow keyEncipherment (to receive requests) or
+        usage; each must still be issued by the issuing CA (the pinned CA, or the CA of the pinned chain that issues
+        certificates when a root above it is pinned), be valid and allow keyEncipherment (to receive requests) or
         digitalSignature (to sign replies). M(tokenfleet.pki.scep_enroll) fails before sending anything when the server
         no longer sends one of them (its RA certificates were renewed; update the pins).
-      - When not set, an RA certificate is one the pinned CA issued, valid now, with that key usage, and with the
+      - When not set, an RA certificate is one the issuing CA issued, valid now, with that key usage, and with the
         Certificate Request Agent (1.3.6.1.4.1.311.20.2.1, NDES), CMC RA (1.3.6.1.5.5.7.3.28) or anyExtendedKeyUsage
         extended key usage or with no extended key usage at all (OpenXPKI, the fake responder). A certificate whose
         extended key usage limits it to other uses (serverAuth, clientAuth, emailProtection, ...) is a device's
         certificate, never an RA; to trust such an RA anyway, pin it here.
-      - A request is encrypted only to an RA certificate for encryption, else to the pinned CA; a reply is accepted only
-        when signed by the pinned CA or an RA certificate for signing.
+      - A request is encrypted only to an RA certificate for encryption, else to the issuing CA (never to a root above
+        it); a reply is accepted only when signed by a CA of the pinned chain or an RA certificate for signing.
     type: list
     elements: str
 """

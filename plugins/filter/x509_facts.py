@@ -29,6 +29,13 @@ options:
       - Give the same value for every certificate of a report, so that all rows are computed against one point in time.
       - Defaults to the current time.
     type: string
+  renew_before:
+    description:
+      - The renewal window that decides RV(_value.renewal_due), as M(tokenfleet.pki.scep_enroll) takes it - whole
+        days (for example V(30)) or a share of the certificate's lifetime (for example V("33%")).
+      - Defaults to M(tokenfleet.pki.scep_enroll)'s default - 30 days, but at most a third of the lifetime.
+      - The same code decides both, so a certificate the report shows as due is one the next run renews.
+    type: raw
   on_error:
     description:
       - What happens when O(_input) is not a certificate.
@@ -58,6 +65,10 @@ EXAMPLES = r"""
       SHA-256 fingerprint {{ facts.fingerprint_sha256 }}
   vars:
     facts: "{{ vpn_certificate.content | ansible.builtin.b64decode | tokenfleet.pki.x509_facts }}"
+
+- name: Is a 24-hour certificate due? (the default window - a third of its lifetime, so after 16 hours)
+  ansible.builtin.debug:
+    msg: "{{ (vpn_certificate.content | ansible.builtin.b64decode | tokenfleet.pki.x509_facts).renewal_due }}"
 
 - name: Facts of a controller-side certificate; a broken file gives error text instead of failing
   ansible.builtin.set_fact:
@@ -95,6 +106,14 @@ _value:
     expired:
       description: Whether RV(_value.not_after) lies before O(now).
       type: bool
+    renewal_due:
+      description:
+        - Whether the certificate is due for renewal at O(now) under O(renew_before) (also when it has expired), as
+          M(tokenfleet.pki.scep_enroll) decides it.
+      type: bool
+    renew_at:
+      description: From when the certificate is due for renewal under O(renew_before), C(YYYY-MM-DDTHH:MM:SSZ) (UTC).
+      type: str
     expiry_week:
       description: The ISO 8601 week in which the certificate expires, for example V(2026-W07).
       type: str
@@ -114,10 +133,11 @@ from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.text.converters import to_bytes
 
 from ansible_collections.tokenfleet.pki.plugins.module_utils import x509 as x509_utils
+from ansible_collections.tokenfleet.pki.plugins.module_utils.renewal_window import RenewBefore, RenewBeforeError, certificate_due
 
 TIME_FORMAT = '%Y-%m-%dT%H:%M:%SZ'
-FACT_KEYS = ('subject', 'issuer', 'serial', 'not_before', 'not_after', 'days_left', 'expired', 'expiry_week',
-             'fingerprint_sha256')
+FACT_KEYS = ('subject', 'issuer', 'serial', 'not_before', 'not_after', 'days_left', 'expired', 'renewal_due', 'renew_at',
+             'expiry_week', 'fingerprint_sha256')
 
 
 def _parse_now(now):
@@ -140,14 +160,19 @@ def _certificate(data):
     return x509_utils.load_certificate(data, 'the input')
 
 
-def x509_facts(data, now=None, on_error='fail'):
-    """PEM text -> subject, issuer, serial, not_before, not_after, days_left, expired, expiry_week, fingerprint_sha256."""
+def x509_facts(data, now=None, on_error='fail', renew_before=None):
+    """PEM text -> subject, issuer, serial, not_before, not_after, days_left, expired, renewal_due, renew_at, expiry_week,
+    fingerprint_sha256."""
     if on_error not in ('fail', 'return'):
         raise AnsibleFilterError('tokenfleet.pki.x509_facts: on_error must be fail or return, got %r' % (on_error,))
     if not x509_utils.HAS_CRYPTOGRAPHY:
         raise AnsibleFilterError('tokenfleet.pki.x509_facts needs the Python library cryptography on the controller: %s'
                                  % x509_utils.CRYPTOGRAPHY_IMPORT_ERROR)
     moment = _parse_now(now)
+    try:
+        rule = RenewBefore(renew_before)
+    except RenewBeforeError as exc:
+        raise AnsibleFilterError('tokenfleet.pki.x509_facts: %s' % exc)
     try:
         certificate = _certificate(data)
     except x509_utils.CertificateError as exc:
@@ -159,6 +184,7 @@ def x509_facts(data, now=None, on_error='fail'):
     facts = x509_utils.certificate_facts(certificate)
     not_after = certificate.not_valid_after_utc
     iso_year, iso_week, dummy = not_after.isocalendar()
+    due, renew_at = certificate_due(certificate, moment, rule)
     return dict(
         subject=facts['subject'],
         issuer=facts['issuer'],
@@ -167,6 +193,8 @@ def x509_facts(data, now=None, on_error='fail'):
         not_after=facts['not_after'],
         days_left=(not_after - moment).days,
         expired=not_after < moment,
+        renewal_due=due,
+        renew_at=renew_at.strftime(TIME_FORMAT),
         expiry_week='%04d-W%02d' % (iso_year, iso_week),
         fingerprint_sha256=facts['fingerprint_sha256'],
         error=None,

@@ -34,10 +34,21 @@ attributes:
 options:
   ca_fingerprint:
     description:
-      - When given, only the certificate with this fingerprint counts as the CA, and RA certificates are judged against
-        it (see O(ra_fingerprint)); a server whose CA does not match fails. Without it every self-signed certificate is
-        shown as a CA.
+      - When given, only the certificate with this fingerprint and the CA certificates that chain to it count as the
+        CA, and RA certificates are judged against them (see O(ra_fingerprint)); a server none of whose certificates
+        matches fails. It may name the root or any CA of the chain, but only a certificate the server sends;
+        step-ca, for example, sends its root only with the provisioner's C(includeRoot) set; otherwise give the root
+        in O(ca_certificate_path).
+      - Without O(ca_fingerprint) and O(ca_certificate_path) every self-signed certificate is shown as a CA (or the
+        first certificate, when none is self-signed).
     type: str
+  ca_certificate_path:
+    description:
+      - A PEM or DER file with the CA certificate(s) to pin, for example the root, which the server need not send.
+        The certificates the server sends count as the CA when they are among these or chain to them (CA:TRUE, valid
+        now, signed by a pinned certificate or by one that chains to it).
+      - May be combined with O(ca_fingerprint); then a certificate pinned by either counts.
+    type: path
   chain_path:
     description: Write the CA certificate(s) here (PEM).
     type: path
@@ -61,6 +72,12 @@ EXAMPLES = r"""
     url: http://ndes.example.com/certsrv/mscep/mscep.dll
     ca_fingerprint: "{{ ndes_ca_sha256 }}"
     chain_path: /srv/pki/ndes-ca.pem
+
+- name: Which certificate does step-ca send, and does it chain to our root?
+  tokenfleet.pki.scep_ca_info:
+    url: http://step-ca.example.com:8080/scep/devices
+    ca_certificate_path: /srv/pki/root_ca.crt
+  register: step_ca
 """
 
 RETURN = r"""
@@ -81,7 +98,7 @@ caps_error:
   type: str
   sample: "the SCEP server at ca.example.com:8080 answered GetCACaps with HTTP status 500 Internal Server Error"
 pinned:
-  description: Whether O(ca_fingerprint) selected the CA.
+  description: Whether O(ca_fingerprint) or O(ca_certificate_path) selected the CA.
   returned: always
   type: bool
 algorithms:
@@ -92,7 +109,9 @@ algorithms:
   type: dict
   sample: {signature: sha256, encryption: aes128, method: POST}
 certificates:
-  description: The CA and RA certificates.
+  description:
+    - The certificates the server sent, the CA chain first (in the order the server sent them), then RA and other
+      certificates.
   returned: always
   type: list
   elements: dict
@@ -102,6 +121,19 @@ certificates:
         - V(ca), or V(ra-encryption) (receives the requests), V(ra-signing) (signs replies), V(ra-encryption+signing),
           V(ra) (an RA certificate not used) for RA certificates, or V(not-ra) for a certificate that is none of these.
       type: str
+    matches_pin:
+      description:
+        - Whether this CA certificate is the one O(ca_fingerprint) names or one of O(ca_certificate_path); V(false) for
+          a CA that chains to a pinned certificate and for every certificate when nothing is pinned.
+      type: bool
+      returned: for role V(ca)
+    issuing:
+      description:
+        - Whether this CA certificate is the issuing CA, the CA of the chain that issued no other CA of it (for
+          step-ca its intermediate, also when the root is pinned). M(tokenfleet.pki.scep_enroll) encrypts requests to
+          it unless an RA certificate for encryption is there, and RA certificates must be issued by it.
+      type: bool
+      returned: for role V(ca)
     not_ra_reason:
       description: Why a V(not-ra) certificate is not an RA, for example V(not issued by the pinned CA).
       type: str
@@ -143,7 +175,7 @@ from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import require
 
 def main():
     argument_spec = scep_server_argument_spec()
-    argument_spec.update(ca_fingerprint=dict(type='str'), chain_path=dict(type='path'))
+    argument_spec.update(ca_fingerprint=dict(type='str'), ca_certificate_path=dict(type='path'), chain_path=dict(type='path'))
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, add_file_common_args=True)
     require_cryptography(module)
     run_backend(module, ScepCaInfoBackend)

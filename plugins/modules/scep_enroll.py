@@ -13,9 +13,9 @@ description:
   - Enrolls a key with a SCEP (RFC 8894) server such as Windows NDES, EJBCA, OpenXPKI or micromdm, stores the
     certificate, and renews it when it is inside the renewal window, as a printer's SCEP settings page does.
   - A valid certificate outside the renewal window means no request to the server at all.
-  - The request (and its challenge password) is encrypted only to the pinned CA (O(ca_fingerprint) or
-    O(ca_certificate_path)) or to an RA certificate for encryption, and replies are accepted only when signed by the
-    pinned CA or an RA certificate for signing, with this request's transaction id, nonce and message digest. What
+  - The request (and its challenge password) is encrypted only to the issuing CA of the pinned chain (O(ca_fingerprint)
+    or O(ca_certificate_path), which may be the root) or to an RA certificate for encryption, and replies are accepted
+    only when signed by a CA of the pinned chain or an RA certificate for signing, with this request's transaction id, nonce and message digest. What
     counts as an RA certificate is described at O(ra_fingerprint); a certificate the CA issued to some device is never
     one. A reply signed by any other certificate is refused with a message naming its signer, and nothing is written.
   - The server's capabilities (GetCACaps) choose the algorithms. When GetCACaps fails (HTTP error, a connection broken
@@ -59,10 +59,19 @@ options:
     description:
       - Fingerprint of the CA certificate to trust, SHA-256 in hexadecimal (colons and case do not matter), as
         M(tokenfleet.pki.scep_ca_info) returns it. SHA-1 and MD5 fingerprints (old NDES admin pages) are accepted too.
+      - It may name the root or any CA of the chain, but only a certificate the server sends in GetCACert. The CA
+        certificates the server sends that chain to it (CA:TRUE, valid now, signature checked) are trusted too, and
+        the request goes to the issuing CA among them, never to the root. step-ca sends its root only when its SCEP
+        provisioner has C(includeRoot); otherwise pin the root with O(ca_certificate_path).
       - One of O(ca_fingerprint) and O(ca_certificate_path) is required.
     type: str
   ca_certificate_path:
-    description: A PEM or DER file with the CA certificate(s) to trust instead of O(ca_fingerprint).
+    description:
+      - A PEM or DER file with the CA certificate(s) to trust instead of (or besides) O(ca_fingerprint), for example
+        the root, which the server need not send.
+      - The CA certificates the server sends count when they are in this file or chain to it (CA:TRUE, valid now,
+        signed by a certificate of the chain). The request is encrypted to the issuing CA, the one of the chain that
+        issued no other CA of it (or to an RA certificate it issued), and the issued certificate must chain to this file.
     type: path
   certificate_path:
     description: Where the certificate is written (PEM). The common file options apply to it; default mode V(0644).
@@ -127,9 +136,17 @@ options:
     type: bool
     default: false
   renew_before:
-    description: Renew when the certificate has this many days left or fewer.
-    type: int
-    default: 30
+    description:
+      - When a certificate becomes due for renewal, before its end of validity.
+      - A whole number of days (for example V(30); renew when that many days or fewer are left; V(0) renews only an
+        expired certificate, by a new enrollment), or a share of the certificate's lifetime (not_before to not_after)
+        as a string with C(%), for example V("33%") (renew when a third of the lifetime or less is left).
+      - Without it the window is 30 days, but at most a third of the lifetime, so that a short-lived certificate is
+        never due right after it is issued; step-ca's 24-hour certificates are due after 16 hours.
+      - Check mode, the roles (C(device_certificate_renew_before), C(token_certificate_renew_before)) and the report
+        (C(renewal_due) of the P(tokenfleet.pki.x509_facts#filter) filter, given the same O(renew_before)) use the
+        same rule.
+    type: raw
   renewal_message:
     description:
       - How a renewal is sent. V(pkcsreq) is a PKCSReq signed with the current certificate, which most servers accept;
@@ -286,7 +303,7 @@ def main():
         encryption_algorithm=dict(type='str', choices=['auto', 'aes128', 'aes192', 'aes256', '3des', 'des'],
                                   default='auto'),
         allow_legacy_algorithms=dict(type='bool', default=False),
-        renew_before=dict(type='int', default=30),
+        renew_before=dict(type='raw'),
         renewal_message=dict(type='str', choices=['pkcsreq', 'renewalreq'], default='pkcsreq'),
         rekey=dict(type='bool', default=False),
         remove_old=dict(type='bool', default=False),

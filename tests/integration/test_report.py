@@ -3,7 +3,8 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """playbooks/report.yml: one row per host whatever state it is in, and an HTML page headless Chromium loads cleanly.
 
-The fleet: workstations (local connection) with a certificate valid for 200 days, one expiring in 10 days, an
+The fleet: workstations (local connection) with a certificate valid for 200 days, one expiring in 10 days, three
+24-hour certificates judged by scep_enroll's renewal window (one fresh, one due, one due by its 50% renew_before), an
 expired one, one without a certificate, one that is unreachable (ssh to a closed port); printers with controller-side
 directories: a valid certificate with its scep_enroll state file, a first enrollment pending, a renewal pending, a
 broken certificate and state file, and one left at the device_certificate role's default directory. The printers'
@@ -36,15 +37,15 @@ TIME_FORMAT = '%Y-%m-%dT%H:%M:%SZ'
 HALF_DAY = datetime.timedelta(hours=12)
 
 
-def write_certificate(path, ca, common_name, not_after, organization='tokenfleet test'):
-    """A certificate 'CN=<common_name>,O=<organization>' by the test CA, valid until ``not_after``."""
+def write_certificate(path, ca, common_name, not_after, organization='tokenfleet test', lifetime=datetime.timedelta(days=365)):
+    """A certificate 'CN=<common_name>,O=<organization>' by the test CA, valid for ``lifetime`` until ``not_after``."""
     ca_key, ca_cert = ca
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name),
                          x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization)])
     certificate = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_cert.subject)
                    .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(not_after - datetime.timedelta(days=365)).not_valid_after(not_after)
+                   .not_valid_before(not_after - lifetime).not_valid_after(not_after)
                    .sign(ca_key, hashes.SHA256()))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, 'wb') as output:
@@ -125,6 +126,17 @@ def fleet(tmp_path_factory):
     workstations['ws-override'] = dict(token_certificate_path=str(tmp / 'nowhere.pem'),
                                        report_certificate_path=str(tmp / 'ws-override' / 'elsewhere.pem'))
     expected['ws-override'] = 'valid'
+    # 24-hour certificates (step-ca's default) under scep_enroll's renewal window: 30 days, at most a third of the
+    # lifetime (8 h), or the host's token_certificate_renew_before
+    for name, hours_left, renew_before, status in (('ws-day-fresh', 20, None, 'valid'), ('ws-day-due', 6, None, 'expiring'),
+                                                   ('ws-day-share', 10, '50%', 'expiring')):
+        path = tmp / name / 'pki' / 'vpn.pem'
+        not_after[name] = now + datetime.timedelta(hours=hours_left)
+        write_certificate(str(path), ca, name + '.example.com', not_after[name], lifetime=datetime.timedelta(hours=24))
+        workstations[name] = dict(token_certificate_path=str(path))
+        if renew_before is not None:
+            workstations[name]['token_certificate_renew_before'] = renew_before
+        expected[name] = status
     workstations['ws-missing'] = dict(token_certificate_path=str(tmp / 'ws-missing' / 'pki' / 'vpn.pem'))
     expected['ws-missing'] = 'missing'
     for host in workstations.values():

@@ -10,6 +10,7 @@ from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.client import 
     CaCertificates,
     choose_algorithms,
     fingerprint,
+    load_pinned_certificates,
     normalise_fingerprint,
     normalise_ra_fingerprints,
     parse_ca_certificates,
@@ -28,6 +29,7 @@ class ScepCaInfoBackend(object):
         self.transport = ScepTransport(params['url'], params['timeout'], params['validate_certs'], params['ca_path'])
         self.fingerprint = normalise_fingerprint(params['ca_fingerprint']) if params['ca_fingerprint'] else None
         self.ra_fingerprints = normalise_ra_fingerprints(params['ra_fingerprint'])
+        self.pinned = load_pinned_certificates(params['ca_certificate_path']) if params['ca_certificate_path'] else []
         if params['chain_path']:
             check_destination(params['chain_path'], 'chain_path')
 
@@ -40,18 +42,25 @@ class ScepCaInfoBackend(object):
         content_type, data = self.transport.get_ca_cert(params['ca_identifier'])
         certificates = parse_ca_certificates(content_type, data)
         # Without a pin every self-signed or CA certificate is shown as a CA: this is how a user learns the pin.
+        pinned = list(self.pinned)
         if self.fingerprint is not None:
             name, value = self.fingerprint
-            pinned = [cert for cert in certificates if fingerprint(cert, name) == value]
-        else:
+            pinned += [cert for cert in certificates if fingerprint(cert, name) == value]
+        is_pinned = self.fingerprint is not None or bool(self.pinned)
+        if not is_pinned:
             pinned = [cert for cert in certificates if cert.issuer == cert.subject] or certificates[:1]
         ca_certificates = CaCertificates(certificates, pinned, self.ra_fingerprints)
+        described = ca_certificates.describe()
+        if not is_pinned:
+            for summary in described:
+                if summary['role'] == 'ca':
+                    summary['matches_pin'] = False
         algorithms = None
         if caps is not None:
             digest, cipher, use_post = choose_algorithms(caps)
             algorithms = dict(signature=digest, encryption=cipher, method='POST' if use_post else 'GET')
-        result = dict(changed=False, caps=caps, content_type=content_type, certificates=ca_certificates.describe(),
-                      pinned=self.fingerprint is not None, algorithms=algorithms)
+        result = dict(changed=False, caps=caps, content_type=content_type, certificates=described,
+                      pinned=is_pinned, algorithms=algorithms)
         if caps_error is not None:
             result['caps_error'] = caps_error
         if params['chain_path']:

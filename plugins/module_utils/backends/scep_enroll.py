@@ -36,6 +36,7 @@ from ansible_collections.tokenfleet.pki.plugins.module_utils.keys import (
     swap_token_key,
     token_key_hex,
 )
+from ansible_collections.tokenfleet.pki.plugins.module_utils.renewal_window import RenewBefore, RenewBeforeError
 from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.client import (
     ScepClient,
     load_pinned_certificates,
@@ -86,6 +87,12 @@ def _days_left(certificate):
     return (certificate.not_valid_after_utc - _now()).total_seconds() / 86400.0
 
 
+def _left_text(certificate):
+    """Days left (as before), or hours for a certificate that has less than a day."""
+    days = _days_left(certificate)
+    return '%.1f days' % days if days >= 1 else '%.1f h' % (days * 24)
+
+
 def _facts(certificate):
     facts = certificate_facts(certificate)
     facts['days_left'] = int(_days_left(certificate))
@@ -97,7 +104,11 @@ class ScepEnrollBackend(object):
         self.module = module
         params = module.params
         self.check_mode = module.check_mode
-        for option in ('timeout', 'renew_before', 'poll_attempts', 'poll_interval', 'splay', 'history_size'):
+        try:
+            self.renew_before = RenewBefore(params['renew_before'])
+        except RenewBeforeError as exc:
+            raise ScepError(str(exc))
+        for option in ('timeout', 'poll_attempts', 'poll_interval', 'splay', 'history_size'):
             if params[option] < (1 if option in ('timeout', 'history_size') else 0):
                 raise ScepError('%s must be %s (got %d)' % (option, 'positive' if option in ('timeout', 'history_size')
                                                             else 'zero or more', params[option]))
@@ -174,9 +185,10 @@ class ScepEnrollBackend(object):
         days_left = _days_left(certificate)
         if days_left <= 0:
             return 'enroll', 'the certificate has expired, so it cannot authenticate a renewal'
-        if days_left <= params['renew_before']:
-            return 'renew', '%.1f days left, renew_before is %d' % (days_left, params['renew_before'])
-        return 'unchanged', '%.1f days left' % days_left
+        window = self.renew_before.describe(certificate.not_valid_before_utc, certificate.not_valid_after_utc)
+        if self.renew_before.due(certificate.not_valid_before_utc, certificate.not_valid_after_utc, _now()):
+            return 'renew', '%s left, %s' % (_left_text(certificate), window)
+        return 'unchanged', '%s left, %s' % (_left_text(certificate), window)
 
     # ---- the run --------------------------------------------------------------------------
 

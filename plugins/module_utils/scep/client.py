@@ -116,10 +116,11 @@ _EKU_NAMES = {
     '1.3.6.1.5.5.7.3.4': 'emailProtection', '1.3.6.1.5.5.7.3.8': 'timeStamping', '1.3.6.1.5.5.7.3.9': 'OCSPSigning',
     '1.3.6.1.5.5.7.3.17': 'ipsecIKE',
 }
-RA_RULE = ('an RA certificate must be issued by the pinned CA, be valid now, allow keyEncipherment (to receive the '
-           'request) or digitalSignature (to sign the reply) in its key usage, and be pinned with ra_fingerprint or, '
-           'when ra_fingerprint is not set, carry the Certificate Request Agent, CMC RA or anyExtendedKeyUsage '
-           'extended key usage, or none at all')
+RA_RULE = ('an RA certificate must be issued by the pinned CA (when a CA above it is pinned, such as the root: by the '
+           'issuing CA that chains to the pin), be valid now, allow keyEncipherment (to receive the request) or '
+           'digitalSignature (to sign the reply) in its key usage, and be pinned with ra_fingerprint or, when '
+           'ra_fingerprint is not set, carry the Certificate Request Agent, CMC RA or anyExtendedKeyUsage extended key '
+           'usage, or none at all')
 _ROLE_USAGES = (('encryption', 'key_encipherment'), ('signing', 'digital_signature'))
 
 
@@ -153,11 +154,24 @@ def subject_text(certificate):
     return server_text(certificate.subject.rfc4514_string()) or '(no subject)'
 
 
-class CaCertificates(object):
-    """What GetCACert returned, judged against the pins: the CA, its RA certificates, who signs and who decrypts.
+def _validity_problem(certificate, now):
+    """Why ``certificate`` is not valid at ``now``, or None."""
+    if certificate.not_valid_before_utc > now:
+        return 'not valid before %s' % certificate.not_valid_before_utc.strftime('%Y-%m-%dT%H:%M:%SZ')
+    if certificate.not_valid_after_utc < now:
+        return 'expired on %s' % certificate.not_valid_after_utc.strftime('%Y-%m-%dT%H:%M:%SZ')
+    return None
 
+
+class CaCertificates(object):
+    """What GetCACert returned, judged against the pins: the CA chain, its RA certificates, who signs and who decrypts.
+
+    A pin (ca_certificate_path, or the certificate ca_fingerprint names) may be the root or any CA of the chain.
+    A certificate the server sent belongs to the chain when it is a pin, or when it is a CA (CA:TRUE), valid now
+    and signed by a certificate of the chain. The issuing CA is the chain's CA that issued no other CA of the
+    chain: requests are encrypted to it (or to an RA), never to a root above it, which cannot decrypt them.
     The RA rule (RA_RULE) keeps a certificate the CA issued to some device from receiving requests
-    (and their challenge) or vouching for replies: only the pinned CA and RA certificates count.
+    (and their challenge) or vouching for replies: only the chain's CAs and RA certificates of the issuing CA count.
     """
 
     def __init__(self, certificates, pinned, ra_fingerprints=None, now=None):
@@ -165,25 +179,42 @@ class CaCertificates(object):
         self.ra_fingerprints = ra_fingerprints
         self.now = now or datetime.datetime.now(datetime.timezone.utc)
         pinned_der = set(certificate_der(cert) for cert in pinned)
-        self.ca = [cert for cert in certificates if certificate_der(cert) in pinned_der]
+        self.pinned = [cert for cert in certificates if certificate_der(cert) in pinned_der]
+        self.trusted = list(pinned) + [cert for cert in self._chained(certificates, pinned) if cert not in self.pinned]
+        self.ca = [cert for cert in certificates if cert in self.pinned or cert in self.trusted]
         if not self.ca:
             raise ScepError('the SCEP server\'s CA certificate (%s) does not match the pinned CA; refusing to talk to it'
                             % ', '.join(subject_text(cert) for cert in certificates))
-        self.roles = []  # (certificate, roles, reason it is no RA or None), for every certificate but the CA
+        self.issuing = [ca for ca in self.ca if not any(other is not ca and _issued_by(other, ca) for other in self.ca)]
+        self.issuing = self.issuing or self.ca[-1:]
+        self.roles = []  # (certificate, roles, reason it is no RA or None), for every certificate not in the chain
         for cert in certificates:
             if cert not in self.ca:
                 roles, reason = self._judge(cert)
                 self.roles.append((cert, roles, reason))
         self.ra = [cert for cert, roles, reason in self.roles if roles]
 
+    def _chained(self, certificates, pinned):
+        """The sent CA certificates that chain to a pin, each valid now (at most one pass per certificate)."""
+        trusted, chained = list(pinned), []
+        for dummy in certificates:
+            found = [cert for cert in certificates if cert not in chained and cert not in self.pinned and _is_ca(cert)
+                     and _validity_problem(cert, self.now) is None and any(_issued_by(cert, ca) for ca in trusted)]
+            if not found:
+                break
+            chained += found
+            trusted += found
+        return chained
+
     def _judge(self, cert):
         """(roles, None) for an RA certificate, ((), why not) for any other."""
-        if not any(_issued_by(cert, ca) for ca in self.ca):
+        if not any(_issued_by(cert, ca) for ca in self.issuing):
+            if any(_issued_by(cert, ca) for ca in self.trusted):
+                return (), 'not issued by the issuing CA (%s)' % ', '.join(subject_text(ca) for ca in self.issuing)
             return (), 'not issued by the pinned CA'
-        if cert.not_valid_before_utc > self.now:
-            return (), 'not valid before %s' % cert.not_valid_before_utc.strftime('%Y-%m-%dT%H:%M:%SZ')
-        if cert.not_valid_after_utc < self.now:
-            return (), 'expired on %s' % cert.not_valid_after_utc.strftime('%Y-%m-%dT%H:%M:%SZ')
+        problem = _validity_problem(cert, self.now)
+        if problem is not None:
+            return (), problem
         if self.ra_fingerprints is not None:
             if fingerprint(cert) not in self.ra_fingerprints:
                 return (), 'not pinned by ra_fingerprint'
@@ -221,12 +252,12 @@ class CaCertificates(object):
         return [cert for cert, roles, reason in self.roles if role in roles]
 
     def encryption_certificates(self):
-        """The RA certificate for key encipherment (NDES has a separate one), else the CA."""
+        """The RA certificate for key encipherment (NDES has a separate one), else the issuing CA."""
         chosen = [cert for cert in self._with_role('encryption') if not _is_ca(cert)]
-        return chosen[:1] or self.ca[:1]
+        return chosen[:1] or self.issuing[:1]
 
     def signing_certificates(self):
-        """Who may sign a CertRep: the pinned CA and the RA certificates for signing."""
+        """Who may sign a CertRep: the CAs of the pinned chain the server sent and the RA certificates for signing."""
         return self.ca + self._with_role('signing')
 
     def why_not_signer(self, cert):
@@ -241,14 +272,18 @@ class CaCertificates(object):
     def issuer(self):
         """The CA that issues end-entity certificates (named in CertPoll)."""
         for ra in self.ra:
-            for ca in self.ca:
-                if ra.issuer == ca.subject:
+            for ca in self.issuing:
+                if _issued_by(ra, ca):
                     return ca
-        return self.ca[0]
+        return self.issuing[0]
 
     def describe(self):
         encryption, signing = self.encryption_certificates(), self.signing_certificates()
-        result = [certificate_summary(cert, 'ca') for cert in self.ca]
+        result = []
+        for cert in self.ca:
+            summary = certificate_summary(cert, 'ca')
+            summary.update(matches_pin=cert in self.pinned, issuing=cert in self.issuing)
+            result.append(summary)
         for cert, roles, reason in self.roles:
             if not roles:
                 summary = certificate_summary(cert, 'not-ra')
@@ -375,7 +410,7 @@ class ScepClient(object):
             raise ScepError('the SCEP reply holds no certificate for the requested key')
         certificate = issued[0]
         known = self.ca_certificates.all + certificates
-        pinned = self.ca_certificates.ca
+        pinned = self.ca_certificates.trusted
         issuers = [ca for ca in pinned if _issued_by(certificate, ca)]
         if not issuers:
             intermediates = [cert for cert in known if _is_ca(cert) and any(_issued_by(cert, ca) for ca in pinned)]
