@@ -2,9 +2,10 @@
 #
 #   make deps          Debian packages, .venv with the Python requirements, collection link, step-ca for the tests
 #   make sanity        ansible-test sanity (no Docker), see tests/utils/run_sanity.py
+#   make lint          ansible-lint (production profile) on roles/ and playbooks/, galaxy-importer on the built tarball
 #   make units         pytest tests/unit
 #   make integration   pytest tests/integration (SoftHSM2, OpenSC, scep, certmonger, step-ca)
-#   make test          deps + sanity + units + integration, with a summary
+#   make test          deps + sanity + units + integration + lint, with a summary
 #   make demo          deps, then playbooks/demo.yml against playbooks/inventory/demo.yml
 #   make bench         scep_enroll against micromdm's scepclient, then rotate.yml over 100 hosts against the ping floor
 #   make clean         remove .venv, .tmp and test output
@@ -20,6 +21,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 DEPS_STAMP := $(VENV)/.requirements.stamp
+LINT_VENV := .tmp/lint-venv
+LINT_STAMP := $(LINT_VENV)/.requirements.stamp
 COLLECTIONS_ROOT := $(CURDIR)/.tmp/collections
 COLLECTION_LINK := .tmp/collections/ansible_collections/tokenfleet/pki
 DEBIAN_PACKAGES := softhsm2 opensc opensc-pkcs11 scep certmonger git chromium openssl openssh-client \
@@ -39,7 +42,7 @@ BENCH_FORKS ?= 5
 
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS_ROOT)
 
-.PHONY: help deps debian-packages sanity units integration test demo bench clean
+.PHONY: help deps debian-packages sanity lint units integration test demo bench clean
 
 help:
 	@sed -n 's/^#   make /  make /p' $(firstword $(MAKEFILE_LIST))
@@ -93,6 +96,25 @@ $(STEPCA_BIN): $(STEPCA_MAIN) $(wildcard /var/lib/dpkg/info/$(STEPCA_PACKAGE).li
 sanity: deps
 	$(VENV)/bin/python tests/utils/run_sanity.py $(SANITY_ARGS)
 
+# The linters live in a virtualenv of their own (they pin their own ansible-core); their caches and the
+# collection copy ansible-lint makes stay under .tmp/lint (ANSIBLE_HOME). galaxy-importer reads the tarball
+# that ansible-galaxy builds, as Galaxy would, and fails on any error in it.
+$(LINT_STAMP): tests/lint-requirements.txt
+	@[ -x $(LINT_VENV)/bin/python ] || $(PYTHON) -m venv $(LINT_VENV)
+	$(LINT_VENV)/bin/python -m pip install --disable-pip-version-check --quiet -r tests/lint-requirements.txt
+	@touch $@
+
+lint: deps $(LINT_STAMP)
+	@mkdir -p .tmp/lint/build
+	cd .tmp/lint && PATH=$(CURDIR)/$(LINT_VENV)/bin:$$PATH ANSIBLE_HOME=$(CURDIR)/.tmp/lint/ansible-home \
+	  $(CURDIR)/$(LINT_VENV)/bin/ansible-lint --project-dir $(CURDIR) $(CURDIR)/roles $(CURDIR)/playbooks
+	rm -f .tmp/lint/build/*.tar.gz
+	$(LINT_VENV)/bin/ansible-galaxy collection build --output-path .tmp/lint/build .
+	cd .tmp/lint/build && PATH=$(CURDIR)/$(LINT_VENV)/bin:$$PATH ANSIBLE_HOME=$(CURDIR)/.tmp/lint/ansible-home \
+	  $(CURDIR)/$(LINT_VENV)/bin/python -m galaxy_importer.main tokenfleet-pki-*.tar.gz 2>&1 | tee importer.log
+	@! grep -E '^(ERROR|WARNING)' .tmp/lint/build/importer.log || { echo "galaxy-importer reported the lines above"; exit 1; }
+	@echo "galaxy-importer: $$(grep -c '^ERROR' .tmp/lint/build/importer.log) errors, $$(grep -c '^WARNING' .tmp/lint/build/importer.log) warnings"
+
 # A pytest run that collects nothing exits with 5: that only counts as a pass
 # while the directory holds no test files at all.
 define run_pytest
@@ -113,7 +135,7 @@ integration: deps
 # stage and fails if any stage failed.
 test: deps
 	@start=$$(date +%s); passed=0; failed=0; summary=""; \
-	for stage in sanity units integration; do \
+	for stage in sanity units integration lint; do \
 	  echo; echo "==================== make $$stage ===================="; \
 	  t0=$$(date +%s); \
 	  if $(MAKE) --no-print-directory $$stage; then result=PASSED; passed=$$((passed+1)); \
@@ -124,9 +146,9 @@ test: deps
 	printf "$$summary"; \
 	total=$$(( $$(date +%s) - start )); \
 	if [ "$$failed" -gt 0 ]; then \
-	  echo "make test: $$failed of 3 stages FAILED ($${total}s); see the stage output above"; exit 1; \
+	  echo "make test: $$failed of 4 stages FAILED ($${total}s); see the stage output above"; exit 1; \
 	else \
-	  echo "make test: all 3 stages (sanity, units, integration) succeeded in $${total}s"; \
+	  echo "make test: all 4 stages (sanity, units, integration, lint) succeeded in $${total}s"; \
 	fi
 
 demo: deps
