@@ -18,6 +18,8 @@ TMPDIR, a private listening socket instead of D-Bus) and drives it with ``getcer
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import os
 import re
 import shutil
@@ -25,6 +27,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import typing as t
 
@@ -53,23 +56,49 @@ def scep_ca():
     return make_ca(subject_cn='tokenfleet fake SCEP CA (tests)')
 
 
+_CONSTRUCTOR = frozenset(inspect.signature(FakeScepServer.__init__).parameters) - {'self'}
+
+
 @pytest.fixture
 def fake_scep(scep_ca) -> t.Iterator[t.Callable[..., FakeScepServer]]:
-    """Callable fake_scep(**kwargs) -> a started FakeScepServer (kwargs: see FakeScepServer; ca defaults to scep_ca).
+    """Callable fake_scep(**settings) -> a started FakeScepServer.
 
+    Settings FakeScepServer takes go to it (``ca`` defaults to scep_ca), the others to ``configure()``.
     Every server started this way is stopped after the test (socket closed, hanging handlers woken).
     """
     servers: list[FakeScepServer] = []
 
-    def start(**kwargs: t.Any) -> FakeScepServer:
-        kwargs.setdefault('ca', scep_ca)
-        server = FakeScepServer(**kwargs).start()
+    def start(**settings: t.Any) -> FakeScepServer:
+        construct = dict((name, settings.pop(name)) for name in list(settings) if name in _CONSTRUCTOR)
+        construct.setdefault('ca', scep_ca)
+        server = FakeScepServer(**construct)
+        server.configure(**settings)
         servers.append(server)
-        return server
+        return server.start()
 
     yield start
     for server in servers:
         server.stop()
+
+
+@contextlib.contextmanager
+def approving_when_pending(server: FakeScepServer) -> t.Iterator[None]:
+    """Approve the server's pending request as soon as it has arrived (a fixed delay would race a slow start)."""
+    done = threading.Event()
+
+    def approve_once_pending() -> None:
+        while not done.wait(0.1):
+            if server.pending_transactions:
+                server.approve()
+                return
+
+    approver = threading.Thread(target=approve_once_pending, daemon=True)
+    approver.start()
+    try:
+        yield
+    finally:
+        done.set()
+        approver.join(5)
 
 
 def write_pem(path: str, *certificates: t.Any) -> str:

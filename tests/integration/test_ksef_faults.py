@@ -17,35 +17,22 @@ import time
 
 import pytest
 
+from fixtures_ksef import NIP, OWNER, admin_token, started_ksef  # noqa: F401  pylint: disable=unused-import
 from harness import REPO_ROOT, module_task
 
 sys.path.insert(0, os.path.join(REPO_ROOT, 'tests', 'fakes'))
 import ksef_hostile as hostile  # noqa: E402  pylint: disable=wrong-import-position,import-error
-from ksef_api import FakeKsef  # noqa: E402  pylint: disable=wrong-import-position,import-error
 
-NIP = '5265877635'
-OWNER = ('Nip', NIP)
 DESCRIPTION = 'Integration - ERP'
 ANSI = '\x1b[31mERROR\x1b[0m\r\n\x1b]0;owned\x07\tline\x00' * 120   # about 5 KB of escapes, newlines, controls
 
 
 @pytest.fixture
 def ksef():
-    fake = FakeKsef()
-    fake.start()
-    fake.grant(NIP, OWNER, ['CredentialsManage', 'CredentialsRead', 'InvoiceRead', 'InvoiceWrite'])
-    fake.token_sessions_can_generate = True
-    yield fake
-    try:
-        assert fake.violations() == [], 'our client broke the KSeF API contract: %r' % fake.violations()
-    finally:
-        fake.stop()
-
-
-@pytest.fixture
-def admin_token(ksef):
-    dummy, secret = ksef.add_token(NIP, OWNER, ['CredentialsManage', 'InvoiceRead', 'InvoiceWrite'], 'Administrator')
-    return secret
+    """The KSeF double, where a session opened with a KSeF token may make tokens (so auth_token suffices here)."""
+    with started_ksef() as fake:
+        fake.token_sessions_can_generate = True
+        yield fake
 
 
 def connection(ksef, admin_token, **extra):

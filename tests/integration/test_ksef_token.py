@@ -9,39 +9,14 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
-import sys
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from harness import FOUR_RUN, REPO_ROOT, assert_four_run, four_run_tasks, module_task, token_args
-
-sys.path.insert(0, os.path.join(REPO_ROOT, 'tests', 'fakes'))
-from ksef_api import FakeKsef  # noqa: E402  pylint: disable=wrong-import-position,import-error
-
-NIP = '5265877635'
-OWNER = ('Nip', NIP)
-
-
-@pytest.fixture
-def ksef():
-    fake = FakeKsef()
-    fake.start()
-    fake.grant(NIP, OWNER, ['CredentialsManage', 'CredentialsRead', 'InvoiceRead', 'InvoiceWrite'])
-    yield fake
-    try:
-        assert fake.violations() == [], 'our client broke the KSeF API contract: %r' % fake.violations()
-    finally:
-        fake.stop()
-
-
-@pytest.fixture
-def admin_token(ksef):
-    dummy, secret = ksef.add_token(NIP, OWNER, ['CredentialsManage', 'InvoiceRead', 'InvoiceWrite'], 'Administrator')
-    return secret
-
+from fixtures_ksef import NIP, OWNER, admin_token, ksef  # noqa: F401  pylint: disable=unused-import
+from harness import FOUR_RUN, assert_four_run, four_run_tasks, module_task, token_args
 
 def connection(ksef):
     return dict(api_url=ksef.base_url, ca_path=ksef.ca_pem_path, context=dict(type='nip', value=NIP), max_wait=20)

@@ -19,7 +19,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 
 import pytest
 from asn1crypto import cms, core
@@ -27,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from fixtures_scep import approving_when_pending
 from harness import FOUR_RUN, REPO_ROOT, assert_four_run, four_run_tasks, module_task, token_args
 
 sys.path.insert(0, os.path.join(REPO_ROOT, 'tests', 'fakes'))
@@ -385,22 +385,13 @@ def test_polls_within_one_run_keep_the_throwaway_signer(run_playbook, tmp_path):
     server = FakeScepServer(challenge='fake-challenge-%s' % os.urandom(8).hex())
     server.configure(pending=True)
     server.start()
-    done = threading.Event()
-
-    def approve_once_pending():
-        while not done.wait(0.1):
-            if server.pending_transactions:
-                server.approve()
-                return
-
-    approver = threading.Thread(target=approve_once_pending, daemon=True)
-    approver.start()
     try:
         args = dict(url=server.url, ca_fingerprint=server.ca_fingerprint, challenge_password=server.challenge,
                     private_key_path=str(tmp_path / 'key.pem'), certificate_path=str(tmp_path / 'cert.pem'),
                     common_name='mfp03.example.com', timeout=5, key_type='ec', curve='secp384r1',
                     poll_attempts=20, poll_interval=1)
-        run = run_playbook([module_task('scep_enroll', 'wait', args)])
+        with approving_when_pending(server):
+            run = run_playbook([module_task('scep_enroll', 'wait', args)])
         assert run.result('wait')['result']['status'] == 'issued', run.output()
         signers = [message.signer_certificate for message in server.pki_messages]
         assert len(signers) >= 2 and all(signer == signers[0] for signer in signers)
@@ -408,8 +399,6 @@ def test_polls_within_one_run_keep_the_throwaway_signer(run_playbook, tmp_path):
         assert cert_pubkey(tmp_path / 'cert.pem') == key_pubkey(tmp_path / 'key.pem')
         assert curve_of_key_file(tmp_path / 'key.pem') == 'secp384r1'
     finally:
-        done.set()
-        approver.join(5)
         server.stop()
 
 

@@ -6,38 +6,23 @@ bad signatures and nonces, RA certificates, capability sets and transport faults
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
-import sys
-import threading
 
 import pytest
 from cryptography import x509
 
-from harness import FOUR_RUN, REPO_ROOT, assert_four_run, four_run_tasks, module_task, random_pin
+from fixtures_scep import approving_when_pending, fake_scep, scep_ca  # noqa: F401  pylint: disable=unused-import
+from harness import FOUR_RUN, assert_four_run, four_run_tasks, module_task, random_pin
 
-sys.path.insert(0, os.path.join(REPO_ROOT, 'tests', 'fakes'))
-from scep_responder import FakeScepServer  # noqa: E402  pylint: disable=wrong-import-position,import-error
 
 CERTREP, PKCSREQ, CERTPOLL = 3, 19, 20
-_CONSTRUCTOR = ('caps', 'ra_mode', 'challenge', 'validity_days', 'digest', 'reply_cipher', 'key_size', 'hang_seconds')
 
 
 @pytest.fixture
-def fake():
-    servers = []
-
-    def start(**settings):
-        construct = dict((name, settings.pop(name)) for name in list(settings) if name in _CONSTRUCTOR)
-        construct.setdefault('challenge', 'fake-challenge')
-        server = FakeScepServer(**construct)
-        server.configure(**settings)
-        servers.append(server)
-        return server.start()
-
-    yield start
-    for server in servers:
-        server.stop()
+def fake(fake_scep):
+    return functools.partial(fake_scep, challenge='fake-challenge', ca=None)  # a CA of its own, named as the tests expect
 
 
 def args_for(server, tmp_path, **options):
@@ -86,22 +71,8 @@ def test_pending_is_saved_and_the_next_run_polls_the_same_transaction(fake, run_
 
 def test_poll_attempts_wait_for_approval_within_one_run(fake, run_playbook, tmp_path):
     server = fake(pending=True)
-    done = threading.Event()
-
-    def approve_once_pending():
-        """Approve as soon as the request has arrived (a fixed delay would race a slow ansible-playbook start)."""
-        while not done.wait(0.1):
-            if server.pending_transactions:
-                server.approve()
-                return
-
-    approver = threading.Thread(target=approve_once_pending, daemon=True)
-    approver.start()
-    try:
+    with approving_when_pending(server):
         run = run_playbook([module_task('scep_enroll', 'wait', args_for(server, tmp_path, poll_attempts=20, poll_interval=1))])
-    finally:
-        done.set()
-        approver.join(5)
     result = run.result('wait')['result']
     assert result['status'] == 'issued', run.output()
     assert 1 <= server.pki_operation_count(CERTPOLL) <= 20

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import functools
 import http.server
 import os
 import subprocess
@@ -28,11 +29,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from fixtures_scep import scep_ca, wait_for  # noqa: F401  pylint: disable=unused-import
+from fixtures_scep import fake_scep, scep_ca, wait_for  # noqa: F401  pylint: disable=unused-import
 from harness import REPO_ROOT, module_task, random_pin
 
 sys.path.insert(0, os.path.join(REPO_ROOT, 'tests', 'fakes'))
-from scep_responder import FakeScepServer, degenerate_signed_data, issue_certificate  # noqa: E402  pylint: disable=wrong-import-position,import-error
+from scep_responder import degenerate_signed_data, issue_certificate  # noqa: E402  pylint: disable=wrong-import-position,import-error
 
 PKCSREQ = 19
 CLIENT_AUTH = ExtendedKeyUsageOID.CLIENT_AUTH.dotted_string
@@ -40,24 +41,11 @@ SERVER_AUTH = ExtendedKeyUsageOID.SERVER_AUTH.dotted_string
 CERTIFICATE_REQUEST_AGENT = '1.3.6.1.4.1.311.20.2.1'
 ANY_EKU = '2.5.29.37.0'
 ROGUE_CN = 'mfp99.example.com rogue device'
-_CONSTRUCTOR = ('caps', 'ra_mode', 'ra_eku', 'challenge', 'hang_seconds')
 
 
 @pytest.fixture
-def fake(scep_ca):
-    servers = []
-
-    def start(**settings):
-        construct = dict((name, settings.pop(name)) for name in list(settings) if name in _CONSTRUCTOR)
-        construct.setdefault('challenge', random_pin(32))
-        server = FakeScepServer(ca=scep_ca, **construct)
-        server.configure(**settings)
-        servers.append(server)
-        return server.start()
-
-    yield start
-    for server in servers:
-        server.stop()
+def fake(fake_scep):
+    return functools.partial(fake_scep, challenge=random_pin(32))
 
 
 @pytest.fixture

@@ -20,28 +20,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from fixtures_scep import fake_scep, scep_ca  # noqa: F401  pylint: disable=unused-import
 from harness import REPO_ROOT, module_task, random_pin, token_args
 
 sys.path.insert(0, os.path.join(REPO_ROOT, 'tests', 'fakes'))
 from delay_proxy import DelayProxy  # noqa: E402  pylint: disable=wrong-import-position,import-error
-from scep_responder import FakeScepServer  # noqa: E402  pylint: disable=wrong-import-position,import-error
 
 PKCSREQ = 19
 
 
 @pytest.fixture
-def fake():
-    servers = []
-
-    def start(**settings):
-        server = FakeScepServer(challenge=settings.pop('challenge'))
-        server.configure(**settings)
-        servers.append(server)
-        return server.start()
-
-    yield start
-    for server in servers:
-        server.stop()
+def fake(fake_scep):
+    """A fake SCEP server with its own CA; the challenge must be given."""
+    return lambda challenge, **settings: fake_scep(challenge=challenge, ca=None, **settings)
 
 
 def public_pem(obj):
@@ -116,16 +107,22 @@ def test_pending_state_holds_no_challenge_and_the_poll_completes(fake, run_playb
     done.assert_not_leaked(challenge)
 
 
-def test_a_stale_key_new_is_not_used_by_a_rekey(micromdm, run_playbook, tmp_path):
+def enrolled_file_host(micromdm, run_playbook, tmp_path, common_name):
+    """A host directory whose key file got a certificate from micromdm: (server, host, scep_enroll args)."""
     challenge = random_pin(32)
     server = micromdm(challenge=challenge, allowrenew=0)
     host = tmp_path / 'host'
     host.mkdir()
     args = dict(url=server.url, ca_fingerprint=server.ca_fingerprint_sha256, challenge_password=challenge,
                 private_key_path=str(host / 'key.pem'), certificate_path=str(host / 'cert.pem'),
-                common_name='mfp04.example.com')
+                common_name=common_name)
     first = run_playbook([module_task('scep_enroll', 'enroll', args)])
     assert first.result('enroll')['result']['status'] == 'issued', first.output()
+    return server, host, args
+
+
+def test_a_stale_key_new_is_not_used_by_a_rekey(micromdm, run_playbook, tmp_path):
+    dummy, host, args = enrolled_file_host(micromdm, run_playbook, tmp_path, 'mfp04.example.com')
     stale = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     (host / 'key.pem.new').write_bytes(stale.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                            serialization.NoEncryption()))
@@ -179,15 +176,7 @@ def test_two_runs_on_one_state_file_enroll_once(micromdm, run_playbook, tmp_path
     (b'{"version": 2, "pending": null, "history": "x"}', 'history is not a list of objects'),
 ], ids=['bad-hex', 'binary', 'list', 'history'])
 def test_a_corrupted_state_file_is_named_with_the_remedy(micromdm, run_playbook, tmp_path, content, reason):
-    challenge = random_pin(32)
-    server = micromdm(challenge=challenge, allowrenew=0)
-    host = tmp_path / 'host'
-    host.mkdir()
-    args = dict(url=server.url, ca_fingerprint=server.ca_fingerprint_sha256, challenge_password=challenge,
-                private_key_path=str(host / 'key.pem'), certificate_path=str(host / 'cert.pem'),
-                common_name='mfp06.example.com')
-    first = run_playbook([module_task('scep_enroll', 'enroll', args)])
-    assert first.result('enroll')['changed'], first.output()
+    server, host, args = enrolled_file_host(micromdm, run_playbook, tmp_path, 'mfp06.example.com')
     state_path = host / 'cert.pem.scep.json'
     state_path.write_bytes(content)
     before = digests(host)
