@@ -18,6 +18,7 @@ from cryptography.x509.oid import NameOID
 from fixtures_ksef import NIP, OWNER, admin_token, ksef  # noqa: F401  pylint: disable=unused-import
 from harness import FOUR_RUN, assert_four_run, four_run_tasks, module_task, token_args
 
+
 def connection(ksef):
     return dict(api_url=ksef.base_url, ca_path=ksef.ca_pem_path, context=dict(type='nip', value=NIP), max_wait=20)
 
