@@ -118,8 +118,10 @@ def test_ksef_tokens_role(run_playbook, tmp_path):
                                token_certificate_key_size=1024),
      'value of token_certificate_key_size must be one of: 2048, 3072, 4096, got: 1024'),
     ('ksef_tokens', dict(ksef_tokens_list=[]), 'missing required arguments: ksef_tokens_context'),
-    ('device_certificate', dict(device_certificate_scep_url='http://127.0.0.1:9/scep'),
-     'missing required arguments: device_certificate_ca_fingerprint'),
+    ('device_certificate', dict(device_certificate_scep_ulr='http://127.0.0.1:9/scep'),
+     'missing required arguments: device_certificate_scep_url'),
+    ('device_certificate', dict(device_certificate_scep_url='http://127.0.0.1:9/scep', device_certificate_key_type='dsa'),
+     'value of device_certificate_key_type must be one of: rsa, ec, got: dsa'),
 ])
 def test_role_argument_specs_reject_missing_and_wrong_variables(run_playbook, role, variables, message):
     """A misspelled variable leaves the real one unset, which the role's argument spec reports by name."""
