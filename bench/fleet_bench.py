@@ -5,11 +5,15 @@
 everything is due, against the Ansible floor on this machine: the same inventory running the same number
 of ansible.builtin.ping tasks per host, in the same plays (hosts, serial, max_fail_percentage, no facts).
 
-A micromdm scepserver is the CA. Two thirds of the hosts are workstations (token_certificate role), each
+step-ca (smallstep, the binary ``make deps`` builds, see tests/integration/stepca.py) is the CA, with a
+fresh RSA root and intermediate and its default 24-hour certificates; every host pins the root by file
+(``*_ca_certificate_path``), since step-ca sends only its intermediate. micromdm's scepserver is not used
+here: its file depot races on its serial file when it signs for several hosts at once and aborted this
+bench ("could not convert to serial number"). Two thirds of the hosts are workstations (token_certificate role), each
 with its own SoftHSM2 token directory; one third are printers (device_certificate role, enrolled on the
 controller). All hosts use the local connection. Every host is provisioned once (not timed), then rounds
 alternate: rotate with nothing due, ping with as many tasks per host, rotate with everything due
-(renew_before=400 > the certificates' 365 days), ping with as many tasks per host. Each timed figure is
+(renew_before=400 days > the certificates' lifetime), ping with as many tasks per host. Each timed figure is
 the median over the rounds; each ratio is rotate / ping.
 
 What is counted as a task of a host: every task result the record_results callback records for it that
@@ -20,7 +24,7 @@ that many ping tasks per host; it gets the same inventory, extra vars, forks, ca
 
 Each rotate run is checked (outside the timing): with nothing due no host changes, no certificate file
 changes and the CA gets no PKIOperation; with everything due the CA gets one PKIOperation per host, every
-host reports a change and holds a new certificate from the CA, and the CA's depot has a new one for each.
+host reports a change and holds a new certificate from the CA, and the CA's log has a new one for each.
 Prints a table and merges the figures into bench/results.json (other keys are kept).
 """
 
@@ -46,7 +50,7 @@ sys.path.insert(0, os.path.join(REPO, 'tests', 'integration'))
 
 # pylint: disable=wrong-import-position
 from harness import CALLBACK_DIR, RECORD_ENV, SOFTHSM_MODULE, SoftHSM, ansible_env, random_pin  # noqa: E402
-from micromdm import MicromdmScepServer  # noqa: E402
+from stepca import StepCaServer, make_pki, missing_tools  # noqa: E402
 
 ROTATE = os.path.join(REPO, 'playbooks', 'rotate.yml')
 ANSIBLE_PLAYBOOK = os.path.join(os.path.dirname(sys.executable), 'ansible-playbook')
@@ -77,7 +81,7 @@ def run_in_own_group(command, **kwargs):
 class Fleet:
     """The simulated hosts, their inventory and the settings every ansible-playbook run shares."""
 
-    def __init__(self, work, server, challenge, hosts, forks):
+    def __init__(self, work, server, hosts, forks):
         self.work = work
         self.server = server
         self.forks = forks
@@ -108,11 +112,11 @@ class Fleet:
         inventory = {'all': {'vars': common, 'children': {
             'workstations': {'hosts': workstation_hosts, 'vars': dict(
                 token_certificate_pkcs11_module=os.path.realpath(SOFTHSM_MODULE),
-                token_certificate_scep_url=server.url, token_certificate_ca_fingerprint=server.ca_fingerprint_sha256,
-                token_certificate_challenge_password=challenge)},
+                token_certificate_scep_url=server.url, token_certificate_ca_certificate_path=server.root_pem_path,
+                token_certificate_challenge_password=server.challenge)},
             'printers': {'hosts': printer_hosts, 'vars': dict(
-                device_certificate_scep_url=server.url, device_certificate_ca_fingerprint=server.ca_fingerprint_sha256,
-                device_certificate_challenge_password=challenge,
+                device_certificate_scep_url=server.url, device_certificate_ca_certificate_path=server.root_pem_path,
+                device_certificate_challenge_password=server.challenge,
                 device_certificate_out_dir=os.path.join(work, 'printer-bundles'))},
         }}}
         with open(self.inventory, 'w', encoding='utf-8') as output:
@@ -215,9 +219,8 @@ def write_ping_playbook(fleet, path, counts):
 
 
 def issued_names(server):
-    """The certificate files in the CA's depot (<common name>.<serial>.pem). Its index.txt is not read:
-    scepserver 2.1.0 rewrites it without a lock, and concurrent renewals can garble its lines."""
-    return frozenset(server.issued_files())
+    """(common name, serial) of every certificate the CA has issued, from its request log."""
+    return frozenset((issued.subject, issued.serial) for issued in server.issued())
 
 
 def host_certificates(fleet):
@@ -235,12 +238,12 @@ def host_certificates(fleet):
 
 def check_certificates(fleet, name, before, issued_before):
     """Every host has a certificate from the CA that differs from `before`'s, and the CA's depot has a new
-    certificate file for every host; returns how many hosts were renewed."""
-    ca = fleet.server.ca_certificate.subject
+    certificate for every host; returns how many hosts were renewed."""
+    ca = fleet.server.intermediate_certificate.subject
     after = host_certificates(fleet)
     stale = [host for host in fleet.hosts if after[host] is None or after[host][1] != ca or after[host] == before.get(host)]
     new_files = issued_names(fleet.server) - issued_before
-    common_names = sorted(file_name.rsplit('.', 2)[0] for file_name in new_files)
+    common_names = sorted(common_name for common_name, dummy in new_files)
     if stale or common_names != sorted(fleet.hosts):
         raise SystemExit('%s: expected a new certificate from the CA on each of %d hosts; not renewed: %s; the CA issued %d '
                          'certificates, for %s' % (name, len(fleet.hosts), stale[:5], len(new_files), common_names[:5]))
@@ -294,9 +297,12 @@ def group_counts(fleet, counts):
 
 
 def bench(options, work):
-    challenge = random_pin(32)
-    with MicromdmScepServer(os.path.join(work, 'ca'), challenge=challenge, allowrenew=0) as server:
-        fleet = Fleet(work, server, challenge, options.hosts, options.forks)
+    missing = missing_tools()
+    if missing:
+        raise SystemExit('step-ca missing (%s); run "make deps"' % ', '.join(missing))
+    pki = make_pki(os.path.join(work, 'pki'))
+    with StepCaServer(os.path.join(work, 'ca'), pki) as server:
+        fleet = Fleet(work, server, options.hosts, options.forks)
         provision = os.path.join(work, 'provision.yml')
         with open(provision, 'w', encoding='utf-8') as output:
             yaml.safe_dump([{'name': 'Provision the workstations', 'hosts': 'workstations', 'gather_facts': False,
@@ -349,7 +355,7 @@ def main():
     options = parser.parse_args()
     if options.hosts < 2 or options.repeats < 1:
         parser.error('--hosts must be at least 2 (a workstation and a printer) and --repeats at least 1')
-    # make's SIGTERM ends the run through the context managers, which stop scepserver
+    # make's SIGTERM ends the run through the context managers, which stop step-ca
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if options.keep:
         os.makedirs(options.keep, exist_ok=True)

@@ -220,6 +220,14 @@ def make_pki(directory: str | os.PathLike, key_size: int = 2048, name: str = 'to
     return pki
 
 
+def verify_chain(pki: StepCaPki | StepCaServer, certificate_path: str | os.PathLike) -> tuple[bool, str]:
+    """openssl verify with the root as the only trust anchor and the intermediate as untrusted chain: (ok, output)."""
+    completed = subprocess.run(['openssl', 'verify', '-CAfile', pki.root_pem_path, '-untrusted', pki.intermediate_pem_path,
+                                os.fspath(certificate_path)], capture_output=True, text=True, timeout=30, check=False)
+    output = completed.stdout + completed.stderr
+    return completed.returncode == 0 and completed.stdout.strip().endswith(': OK'), output
+
+
 # --- server -------------------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from harness import REPO_ROOT
-from micromdm import missing_tools
+from stepca import missing_tools
 
 KEYS = ['fleet_hosts', 'fleet_forks', 'fleet_repeats', 'rotate_all_due_renewed_hosts',
         'rotate_none_due_seconds', 'ping_none_due_seconds', 'rotate_none_due_to_ping_ratio', 'rotate_none_due_tasks',
@@ -23,7 +23,7 @@ KEYS = ['fleet_hosts', 'fleet_forks', 'fleet_repeats', 'rotate_all_due_renewed_h
 
 @pytest.mark.slow
 def test_fleet_bench_writes_every_figure_and_renews_every_host(tmp_path):
-    assert not missing_tools(), 'micromdm SCEP tools missing; run "make deps"'
+    assert not missing_tools(), 'step-ca missing; run "make deps"'
     output = tmp_path / 'results.json'
     output.write_text(json.dumps({'scep_enroll_seconds_per_enrollment': {'value': 0.5, 'unit': 's'}}))
     completed = subprocess.run([sys.executable, os.path.join(REPO_ROOT, 'bench', 'fleet_bench.py'), '--hosts', '3',

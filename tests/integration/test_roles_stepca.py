@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -15,15 +14,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from harness import random_pin
+from stepca import verify_chain
 from test_roles import changed_tasks, role_task
 from test_scep_ec import cert_pubkey, token_pubkey
-
-
-def verify_chain(pki, certificate_path):
-    """openssl verify with the root as the only trust anchor and the intermediate as untrusted chain."""
-    verify = subprocess.run(['openssl', 'verify', '-CAfile', pki.root_pem_path, '-untrusted', pki.intermediate_pem_path,
-                             str(certificate_path)], capture_output=True, text=True, check=False)
-    assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
 def test_token_certificate_role_ec_p384_key_with_the_root_pinned_by_file(stepca, token, run_playbook, tmp_path):
@@ -39,7 +32,8 @@ def test_token_certificate_role_ec_p384_key_with_the_root_pinned_by_file(stepca,
     assert first.rc == 0, first.output()
     assert server.issued_count() == 1
     assert cert_pubkey(certificate_path) == token_pubkey(token['hsm'], token['user'], 'vpn', tmp_path)
-    verify_chain(server.pki, certificate_path)
+    ok, output = verify_chain(server, certificate_path)
+    assert ok, output
     first.assert_not_leaked(token['user'], server.challenge)
 
     second = run_playbook([role_task('role', 'token_certificate', variables)])
@@ -62,7 +56,8 @@ def test_device_certificate_role_ec_key_with_the_root_pinned_by_file(stepca, run
     public = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     assert key.public_key().public_bytes(*public) == certificate.public_key().public_bytes(*public)
     assert certificate.issuer == server.intermediate_certificate.subject
-    verify_chain(server.pki, tmp_path / 'keys' / 'cert.pem')
+    ok, output = verify_chain(server, tmp_path / 'keys' / 'cert.pem')
+    assert ok, output
     first.assert_not_leaked(server.challenge, passphrase)
 
     second = run_playbook([role_task('role', 'device_certificate', variables)])

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from fixtures_scep import approving_when_pending
 from harness import FOUR_RUN, REPO_ROOT, assert_four_run, four_run_tasks, module_task, token_args
+from stepca import verify_chain
 
 sys.path.insert(0, os.path.join(REPO_ROOT, 'tests', 'fakes'))
 from scep_responder import FakeScepServer  # noqa: E402  pylint: disable=wrong-import-position,import-error
@@ -89,13 +90,6 @@ def token_labels(hsm, pin):
     """Labels of the private keys on token ws-001 (pkcs11-tool --list-objects)."""
     listing = hsm.pkcs11_tool('--token-label', 'ws-001', '--login', '--list-objects', '--type', 'privkey', pin=pin).stdout
     return sorted(re.findall(r'label:\s+(\S+)', listing))
-
-
-def verify_chain(server, cert_path):
-    completed = subprocess.run(['openssl', 'verify', '-CAfile', server.root_pem_path, '-untrusted',
-                                server.intermediate_pem_path, str(cert_path)], capture_output=True, text=True, timeout=30,
-                               check=False)
-    return completed.returncode == 0, completed.stdout + completed.stderr
 
 
 def recorded_signers(server):

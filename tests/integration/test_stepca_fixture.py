@@ -20,9 +20,9 @@ from asn1crypto import cms
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from harness import free_port, module_task, random_pin
+from harness import FOUR_RUN, assert_four_run, four_run_tasks, free_port, module_task, random_pin
 from micromdm import run_scepclient
-from stepca import BACKDATE, DEFAULT_LIFETIME, StepCaServer
+from stepca import BACKDATE, DEFAULT_LIFETIME, StepCaServer, verify_chain
 
 STEPCA_CAPS = ['Renewal', 'SHA-1', 'SHA-256', 'AES', 'DES3', 'SCEPStandard', 'POSTPKIOperation']
 """step-ca 0.19's default capabilities (scep/authority.go defaultCapabilities), in its order."""
@@ -41,12 +41,6 @@ def openssl(*args):
     completed = subprocess.run(['openssl'] + [str(arg) for arg in args], capture_output=True, text=True, check=False,
                                timeout=30)
     return completed.returncode, completed.stdout + completed.stderr
-
-
-def verify_chain(server, cert_path):
-    """openssl verify with the root as the only trust anchor and the intermediate as untrusted chain."""
-    rc, output = openssl('verify', '-CAfile', server.root_pem_path, '-untrusted', server.intermediate_pem_path, cert_path)
-    return rc == 0 and output.strip().endswith(': OK'), output
 
 
 def listening_sockets(pid):
@@ -243,6 +237,39 @@ def test_scep_enroll_with_a_file_key_pinned_to_the_intermediate(stepca, run_play
     assert [entry.serial for entry in server.issued()] == [certificate.serial_number]
     assert server.pkioperation_count() == 1
     run.assert_not_leaked(server.challenge)
+
+
+def test_scep_enroll_with_an_rsa_token_key_four_run_then_renewalreq(stepca, token, run_playbook, tmp_path):
+    """An RSA key on a SoftHSM token, the root pinned by file: the four-run check, then a forced renewal that goes out
+    as RenewalReq; request signed and reply decrypted on the token."""
+    server = stepca(record=True)
+    hsm = token['hsm']
+    args = dict(url=server.url, ca_certificate_path=server.root_pem_path, challenge_password=server.challenge,
+                pkcs11_module=hsm.module, token_label=token['label'], user_pin=token['user'], key_label='vpn',
+                store_on_token=True, certificate_path=str(tmp_path / 'cert.pem'), common_name='ws01.example.com',
+                renewal_message='renewalreq')
+    key = module_task('token_key', 'key', dict(pkcs11_module=hsm.module, token_label=token['label'], user_pin=token['user'],
+                                                label='vpn', type='rsa', size=2048))
+    run = run_playbook([key] + four_run_tasks('scep_enroll', args)
+                       + [module_task('scep_enroll', 'renew', dict(args, force=True))], verbosity=3)
+    assert_four_run(run, FOUR_RUN)
+    assert run.result('run 1')['result']['status'] == 'issued'
+    assert run.result('renew')['result']['status'] == 'renewed', run.output()
+    ok, output = verify_chain(server, tmp_path / 'cert.pem')
+    assert ok, output
+    hsm.pkcs11_tool('--token-label', token['label'], '--read-object', '--type', 'pubkey', '--label', 'vpn',
+                    '--output-file', str(tmp_path / 'vpn.pub.der'))
+    token_public = serialization.load_der_public_key((tmp_path / 'vpn.pub.der').read_bytes())
+    certificate = x509.load_pem_x509_certificate((tmp_path / 'cert.pem').read_bytes())
+    assert public_der(certificate) == token_public.public_bytes(serialization.Encoding.DER,
+                                                                serialization.PublicFormat.SubjectPublicKeyInfo)
+    hsm.pkcs11_tool('--token-label', token['label'], '--read-object', '--type', 'cert', '--label', 'vpn',
+                    '--output-file', str(tmp_path / 'vpn.cert.der'))
+    assert x509.load_der_x509_certificate((tmp_path / 'vpn.cert.der').read_bytes()) == certificate
+    assert [entry.serial for entry in server.issued()][-1] == certificate.serial_number
+    assert server.issued_count() == 2
+    assert [message['message_type'] for message in server.pki_messages()] == ['PKCSReq (19)', 'RenewalReq (17)']
+    run.assert_not_leaked(server.challenge, token['user'], token['so'])
 
 
 def test_stop_start_and_context_manager(tmp_path, stepca_pki):
