@@ -7,7 +7,7 @@
 #   make integration   pytest tests/integration (SoftHSM2, OpenSC, scep, certmonger, step-ca)
 #   make test          deps + sanity + units + integration + lint, with a summary
 #   make demo          deps, then playbooks/demo.yml against playbooks/inventory/demo.yml
-#   make bench         scep_enroll against micromdm's scepclient, then rotate.yml over 100 hosts against the ping floor
+#   make bench         scep_enroll against micromdm's scepclient, then rotate.yml over 100 hosts on step-ca against the ping floor
 #   make clean         remove .venv, .tmp and test output
 #
 # Variables: WORKSTATIONS (simulated workstations in the demo, default 20), PYTHON (interpreter for .venv, default python3), SANITY_ARGS (extra
@@ -156,9 +156,9 @@ demo: deps
 	  -e demo_workstations=$(WORKSTATIONS) -e demo_printers=$(PRINTERS) || status=$$?; \
 	pkill -f "[s]cepserver -depot $(CURDIR)/.tmp/demo/ca/depot" || true; exit $$status
 
-# Each bench starts its own scepserver and stops it when it ends, also on a failure (Linux also sends it
-# SIGTERM when the bench process dies); the fleet bench ends its ansible-playbook runs too. Both merge
-# their figures into bench/results.json.
+# Each bench starts its own CA (scep_bench.py micromdm's scepserver, fleet_bench.py step-ca) and stops it when it
+# ends, also on a failure (Linux also sends it SIGTERM when the bench process dies); the fleet bench ends its
+# ansible-playbook runs too. Both merge their figures into bench/results.json.
 bench: deps
 	$(VENV)/bin/python bench/scep_bench.py --enrollments $(BENCH_ENROLLMENTS)
 	$(VENV)/bin/python bench/fleet_bench.py --hosts $(BENCH_FLEET_HOSTS) --repeats $(BENCH_REPEATS) --forks $(BENCH_FORKS)
