@@ -195,3 +195,17 @@ def test_a_unit_venv_is_remade_when_a_requirements_file_or_the_interpreter_chang
     assert run_units.requirements_stamp(python, str(repo)) == stamp
     upgraded = pythons.Python('3.99', '3.99.1', python.path)
     assert run_units.venv_is_current(str(venv), run_units.requirements_stamp(upgraded, str(repo))) is False
+
+
+def test_a_unit_venv_is_kept_when_the_same_interpreter_is_reached_by_another_path(tmp_path):
+    repo = tmp_path / 'repo'
+    (repo / 'tests').mkdir(parents=True)
+    (repo / 'requirements.txt').write_text('cryptography\n')
+    (repo / 'tests' / 'requirements.txt').write_text('pytest>=7.0\n')
+    real = write_script(str(tmp_path / 'pyenv' / 'versions' / '3.99.0' / 'bin' / 'python3.99'), FAKE_PYTHON % '3.99.0')
+    link = str(tmp_path / 'python3.99')
+    os.symlink(real, link)
+
+    stamp = run_units.requirements_stamp(pythons.Python('3.99', '3.99.0', real), str(repo))
+
+    assert run_units.requirements_stamp(pythons.Python('3.99', '3.99.0', link), str(repo)) == stamp

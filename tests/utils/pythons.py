@@ -89,8 +89,8 @@ def probe(path: str, version: str, environ: dict[str, str]) -> tuple[Python | No
     except (OSError, subprocess.TimeoutExpired) as exc:
         return None, '%s: %s' % (path, exc)
     if completed.returncode != 0:
-        last_line = (completed.stderr.decode('utf-8', 'replace').strip().splitlines() or ['no output'])[-1]
-        return None, '%s exited with %d (%s)' % (path, completed.returncode, last_line)
+        first_line = (completed.stderr.decode('utf-8', 'replace').strip().splitlines() or ['no output'])[0]
+        return None, '%s exited with %d (%s)' % (path, completed.returncode, first_line)
     try:
         facts = json.loads(completed.stdout.decode('utf-8').strip().splitlines()[-1])
     except (ValueError, IndexError):

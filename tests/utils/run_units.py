@@ -9,7 +9,7 @@ First pytest runs in this virtualenv (``.venv``), then once per Python that ``te
 declares for modules and the machine has (found by ``pythons.py``; a version not found is named and
 left out, not an error), each in a virtualenv of its own, ``.tmp/units-venvs/<X.Y>``, with
 ``requirements.txt`` and ``tests/requirements.txt``. A virtualenv is kept while its stamp (the
-interpreter and the contents of both files) matches, and made anew when it does not. pip takes the
+interpreter, resolved, its version and the contents of both files) matches, and made anew when it does not. pip takes the
 newest release of each package that supports that Python, so ``ansible-core>=2.16`` is 2.17 on
 Python 3.10 (2.18 and later need 3.11); the summary names the ansible-core of each run. Every run
 happens even after a failure; the exit status is 0 only when all of them passed.
@@ -39,9 +39,9 @@ def log(message: str) -> None:
 
 
 def requirements_stamp(python: pythons.Python, repo_root: str = REPO_ROOT) -> str:
-    """A digest of what a unit-test virtualenv is made from: the interpreter and the requirement files."""
+    """A digest of what a unit-test virtualenv is made from: the interpreter (not the path it is reached by) and the requirement files."""
     digest = hashlib.sha256()
-    digest.update(('%s\0%s\0%s\0' % (python.path, os.path.realpath(python.path), python.full_version)).encode('utf-8'))
+    digest.update(('%s\0%s\0' % (os.path.realpath(python.path), python.full_version)).encode('utf-8'))
     for name in REQUIREMENTS:
         digest.update(name.encode('utf-8') + b'\0')
         with open(os.path.join(repo_root, name), 'rb') as requirements:
