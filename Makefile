@@ -1,9 +1,9 @@
 # Makefile for the tokenfleet.pki collection: set-up, tests and demo.
 #
 #   make deps          Debian packages, .venv with the Python requirements, collection link, step-ca for the tests
-#   make sanity        ansible-test sanity (no Docker), see tests/utils/run_sanity.py
+#   make sanity        ansible-test sanity (no Docker; compile and import on each Python 3.10-3.13 found), see tests/utils/run_sanity.py
 #   make lint          ansible-lint (production profile) on roles/ and playbooks/, galaxy-importer on the built tarball
-#   make units         pytest tests/unit
+#   make units         pytest tests/unit in .venv and on each Python 3.10-3.13 found, see tests/utils/run_units.py
 #   make integration   pytest tests/integration (SoftHSM2, OpenSC, scep, certmonger, step-ca)
 #   make test          deps + sanity + units + integration + lint, with a summary
 #   make demo          deps, then playbooks/demo.yml against playbooks/inventory/demo.yml
@@ -126,7 +126,7 @@ define run_pytest
 endef
 
 units: deps
-	$(call run_pytest,tests/unit)
+	$(VENV)/bin/python tests/utils/run_units.py $(PYTEST_ARGS)
 
 integration: deps
 	$(call run_pytest,tests/integration)
