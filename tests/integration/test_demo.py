@@ -165,8 +165,8 @@ def test_demo_goes_on_without_a_failing_host_reports_it_and_fails_at_the_end(tmp
 
 
 @pytest.mark.parametrize('option, value, message', [
-    ('demo_failing_hosts', 'ws-001,ws-009', 'demo_failing_hosts names ws-009, which the demo does not have '
-                                           '(it has ws-001 to ws-002 and no printers)'),
+    ('demo_failing_hosts', 'ws-001,ws-009',
+     'demo_failing_hosts names ws-009, which the demo does not have (it has ws-001 to ws-002 and no printers)'),
     ('demo_workstations', 'two', 'demo_workstations must be a whole number from 0 to 9999, not two'),
     ('demo_certificate_days', '0', 'demo_certificate_days must be a whole number from 1 to 3650, not 0'),
     ('demo_stepca_binary', '/nonexistent/step-ca', 'demo_stepca_binary: no step-ca program at /nonexistent/step-ca'),
