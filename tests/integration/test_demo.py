@@ -164,6 +164,24 @@ def test_demo_goes_on_without_a_failing_host_reports_it_and_fails_at_the_end(tmp
     assert_secrets_kept(tmp_path, output)
 
 
+def test_demo_records_a_failure_outside_the_roles_for_the_report(tmp_path):
+    # ws-001's token directory cannot be made (a file is in its place): the demo's own first task fails, not the role.
+    (tmp_path / 'ws-001').mkdir()
+    (tmp_path / 'ws-001' / 'tokens').write_text('not a directory\n')
+    port = free_port()
+    recap, output = run_demo(tmp_path, 1, 1, port, returncode=2)
+    assert sorted(recap) == ['mfp-001', 'ws-001']
+    assert '0 workstations and 1 printers provisioned; the rerun changed nothing; failed: ws-001' in output
+    assert re.search(r'ws-001 failed: .*tokens', output), output[-3000:]
+    record = json.loads((tmp_path / 'ws-001' / 'vpn.pem.error.json').read_text())
+    assert record['task'] == 'Token directory of this workstation' and 'tokens' in record['reason']
+    rows = dict((row['host'], row) for row in json.loads((tmp_path / 'report' / 'fleet-report.json').read_text())['rows'])
+    assert rows['ws-001']['status'] == 'missing'
+    assert rows['ws-001']['last_error'] == 'the last run failed at %s: %s' % (record['time'], record['reason'])
+    assert rows['mfp-001']['status'] == 'valid'
+    assert_stepca_stopped(tmp_path, output, port)
+
+
 @pytest.mark.parametrize('option, value, message', [
     ('demo_failing_hosts', 'ws-001,ws-009',
      'demo_failing_hosts names ws-009, which the demo does not have (it has ws-001 to ws-002 and no printers)'),
