@@ -6,12 +6,14 @@
 #   make units         pytest tests/unit in .venv and on each Python 3.10-3.13 found, see tests/utils/run_units.py
 #   make integration   pytest tests/integration (SoftHSM2, OpenSC, scep, certmonger, step-ca)
 #   make test          deps + sanity + units + integration + lint, with a summary
-#   make demo          deps, then playbooks/demo.yml against playbooks/inventory/demo.yml
+#   make demo          deps, then playbooks/demo.yml against playbooks/inventory/demo.yml (step-ca as the demo CA)
 #   make bench         scep_enroll against micromdm's scepclient, then rotate.yml over 100 hosts on step-ca against the ping floor
 #   make clean         remove .venv, .tmp and test output
 #
-# Variables: WORKSTATIONS (simulated workstations in the demo, default 20), PYTHON (interpreter for .venv, default python3), SANITY_ARGS (extra
-# ansible-test sanity arguments, e.g. "--test validate-modules"), PYTEST_ARGS, BENCH_ENROLLMENTS (20), BENCH_FLEET_HOSTS (100),
+# Variables: WORKSTATIONS (simulated workstations in the demo, default 20), PRINTERS (simulated printers in the demo, 10),
+# FAILING_HOSTS (demo hosts pointed at a closed port, to see a failing host in the report, e.g. ws-002,mfp-001; none),
+# PYTHON (interpreter for .venv, default python3), SANITY_ARGS (extra ansible-test sanity arguments, e.g.
+# "--test validate-modules"), PYTEST_ARGS, BENCH_ENROLLMENTS (20), BENCH_FLEET_HOSTS (100),
 # BENCH_REPEATS (timed rounds of the fleet bench, 3), BENCH_FORKS (ansible forks of the fleet bench, 5).
 
 SHELL := /bin/bash
@@ -35,6 +37,8 @@ SANITY_ARGS ?=
 PYTEST_ARGS ?=
 WORKSTATIONS ?= 20
 PRINTERS ?= 10
+FAILING_HOSTS ?=
+DEMO_DIR := $(CURDIR)/.tmp/demo
 BENCH_ENROLLMENTS ?= 20
 BENCH_FLEET_HOSTS ?= 100
 BENCH_REPEATS ?= 3
@@ -151,10 +155,13 @@ test: deps
 	  echo "make test: all 4 stages (sanity, units, integration, lint) succeeded in $${total}s"; \
 	fi
 
+# The playbook starts step-ca and stops it by its PID when the hosts are done (also when some failed); after an
+# interrupted run (Ctrl-C, a killed ansible-playbook) the EXIT trap stops it from the PID file, if that PID still is
+# the demo's step-ca. The exit status is the playbook's: not zero when a host failed.
 demo: deps
-	@status=0; $(VENV)/bin/ansible-playbook -i playbooks/inventory/demo.yml playbooks/demo.yml \
-	  -e demo_workstations=$(WORKSTATIONS) -e demo_printers=$(PRINTERS) || status=$$?; \
-	pkill -f "[s]cepserver -depot $(CURDIR)/.tmp/demo/ca/depot" || true; exit $$status
+	@trap 'playbooks/files/demo-stop-ca.sh "$(DEMO_DIR)/ca"' EXIT; \
+	$(VENV)/bin/ansible-playbook -i playbooks/inventory/demo.yml playbooks/demo.yml -e "demo_dir=$(DEMO_DIR)" \
+	  -e demo_workstations=$(WORKSTATIONS) -e demo_printers=$(PRINTERS) $(if $(FAILING_HOSTS),-e demo_failing_hosts=$(FAILING_HOSTS))
 
 # Each bench starts its own CA (scep_bench.py micromdm's scepserver, fleet_bench.py step-ca) and stops it when it
 # ends, also on a failure (Linux also sends it SIGTERM when the bench process dies); the fleet bench ends its

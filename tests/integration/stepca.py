@@ -244,6 +244,54 @@ class IssuedCertificate:
     certificate: x509.Certificate
 
 
+def log_text(log_path: str | os.PathLike) -> str:
+    """A step-ca log as text ('' while there is none)."""
+    if not os.path.exists(log_path):
+        return ''
+    with open(log_path, encoding='utf-8', errors='replace') as log:
+        return log.read()
+
+
+def log_records(log_path: str | os.PathLike) -> list[dict[str, t.Any]]:
+    """The JSON lines of a step-ca log (``logger.format = json``: one per HTTP request); its plain start-up lines are skipped.
+
+    Module level, for logs of a step-ca that a test did not start itself (the demo's).
+    """
+    records = []
+    for line in log_text(log_path).splitlines():
+        if line.startswith('{'):
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return records
+
+
+def scep_requests(log_path: str | os.PathLike, operation: str | None = None) -> list[dict[str, t.Any]]:
+    """Log records of requests to the SCEP endpoint, of ``operation`` if given."""
+    found = []
+    for record in log_records(log_path):
+        parsed = urllib.parse.urlsplit(str(record.get('path', '')))
+        if not parsed.path.startswith('/scep/'):
+            continue
+        if operation is None or urllib.parse.parse_qs(parsed.query).get('operation') == [operation]:
+            found.append(record)
+    return found
+
+
+def issued_certificates(log_path: str | os.PathLike) -> list[IssuedCertificate]:
+    """The certificates a step-ca logged as issued, in order."""
+    result = []
+    for record in log_records(log_path):
+        if 'certificate' not in record:
+            continue
+        certificate = x509.load_der_x509_certificate(base64.b64decode(record['certificate']))
+        result.append(IssuedCertificate(serial=certificate.serial_number, subject=str(record.get('subject', '')),
+                                        provisioner=str(record.get('provisioner', '')), path=str(record.get('path', '')),
+                                        certificate=certificate))
+    return result
+
+
 class _ProxyHandler(http.server.BaseHTTPRequestHandler):
     """Forwards one request to step-ca, keeping a copy of each PKIOperation request (bodies sent with Content-Length)."""
 
@@ -585,32 +633,15 @@ class StepCaServer:
     # --- log -----------------------------------------------------------------------------------
 
     def log_text(self) -> str:
-        if not os.path.exists(self.log_path):
-            return ''
-        with open(self.log_path, encoding='utf-8', errors='replace') as log:
-            return log.read()
+        return log_text(self.log_path)
 
     def log_records(self) -> list[dict[str, t.Any]]:
-        """The JSON lines of the log (one per HTTP request); step-ca's plain start-up lines are skipped."""
-        records = []
-        for line in self.log_text().splitlines():
-            if line.startswith('{'):
-                try:
-                    records.append(json.loads(line))
-                except ValueError:
-                    continue
-        return records
+        """The JSON lines of the log (see log_records())."""
+        return log_records(self.log_path)
 
     def scep_requests(self, operation: str | None = None) -> list[dict[str, t.Any]]:
         """Log records of requests to the SCEP endpoint, of ``operation`` if given."""
-        found = []
-        for record in self.log_records():
-            parsed = urllib.parse.urlsplit(str(record.get('path', '')))
-            if not parsed.path.startswith('/scep/'):
-                continue
-            if operation is None or urllib.parse.parse_qs(parsed.query).get('operation') == [operation]:
-                found.append(record)
-        return found
+        return scep_requests(self.log_path, operation)
 
     def pkioperation_count(self) -> int:
         """Every PKIOperation request step-ca has received, whatever its outcome."""
@@ -618,15 +649,7 @@ class StepCaServer:
 
     def issued(self) -> list[IssuedCertificate]:
         """The certificates issued so far, in order."""
-        result = []
-        for record in self.log_records():
-            if 'certificate' not in record:
-                continue
-            certificate = x509.load_der_x509_certificate(base64.b64decode(record['certificate']))
-            result.append(IssuedCertificate(serial=certificate.serial_number, subject=str(record.get('subject', '')),
-                                            provisioner=str(record.get('provisioner', '')), path=str(record.get('path', '')),
-                                            certificate=certificate))
-        return result
+        return issued_certificates(self.log_path)
 
     def issued_count(self) -> int:
         return len(self.issued())
