@@ -7,12 +7,14 @@ controller by module_utils/fleet_report.py. Documented in plugins/modules/fleet_
 from __future__ import annotations
 
 import os
+import time
 
 from ansible.errors import AnsibleActionFail, AnsibleError
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.tokenfleet.pki.plugins.module_utils import fleet_report
+from ansible_collections.tokenfleet.pki.plugins.module_utils.common import PkiError
 
 try:  # ansible-core 2.19 renders only text marked as a trusted template
     from ansible.template import trust_as_template
@@ -59,13 +61,26 @@ class ActionModule(ActionBase):
         except AnsibleError as exc:
             raise AnsibleActionFail('template %s not found: %s' % (args['template'], exc))
 
+        clock = [time.monotonic()]
+        seconds = {}
+
+        def step(name):
+            clock.append(time.monotonic())
+            seconds[name] = round(clock[-1] - clock[-2], 3)
+
         hostvars = task_vars['hostvars']
-        rows = fleet_report.sort_rows([self._row(hostvars, host, args['results']) for host in args['hosts']])
+        rows = [self._row(hostvars, host, args['results']) for host in args['hosts']]
+        step('collect')
+        rows = fleet_report.sort_rows(rows)
+        step('sort')
+        document = fleet_report.json_report(args['generated_at'], args['warn_days'], rows)
+        step('json')
         html = self._render(source, task_vars, dict(report_rows=rows, report_generated_at=args['generated_at'],
                                                     report_warn_days=args['warn_days'],
                                                     report_chart_weeks=args['chart_weeks']))
-        contents = (fleet_report.json_report(args['generated_at'], args['warn_days'], rows), html,
-                    fleet_report.prometheus_text(args['generated_at'], rows))
+        step('html')
+        contents = (document, html, fleet_report.prometheus_text(args['generated_at'], rows))
+        step('prometheus')
         paths = [os.path.join(args['dest'], name) for name in fleet_report.FILE_NAMES]
         check_mode = bool(self._task.check_mode)
         changed = False
@@ -76,6 +91,7 @@ class ActionModule(ActionBase):
                     os.makedirs(args['dest'], 0o755)
             for path, content in zip(paths, contents):
                 changed = fleet_report.replace_file(path, content, 0o644, check_mode) or changed
-        except (OSError, fleet_report.PkiError) as exc:
+        except (OSError, PkiError) as exc:
             raise AnsibleActionFail('the report could not be written: %s' % (getattr(exc, 'strerror', None) or exc))
-        return dict(changed=changed, files=paths, summary=fleet_report.summary(rows), rows=rows)
+        step('write')
+        return dict(changed=changed, files=paths, summary=fleet_report.summary(rows), rows=rows, seconds=seconds)

@@ -29,7 +29,7 @@ attributes:
     support: full
   check_mode:
     support: full
-    details: In check mode nothing is written and no directory is made; RV(changed) says whether a file would change.
+    details: In check mode nothing is written and no directory is made; C(changed) says whether a file would change.
   diff_mode:
     support: none
 options:
@@ -114,4 +114,11 @@ rows:
   returned: always
   type: list
   elements: dict
+seconds:
+  description:
+    - How long each step took on the controller - C(collect) (the hosts' rows), C(sort), C(json), C(html) (the
+      template), C(prometheus) and C(write) (all three files) - for C(bench/report_bench.py).
+  returned: always
+  type: dict
+  sample: {collect: 0.41, sort: 0.002, json: 0.03, html: 1.2, prometheus: 0.01, write: 0.02}
 """
