@@ -286,7 +286,7 @@ def report(options, figures):
             if kind_steps:
                 print('  steps of %s (median seconds):' % ('report.yml' if kind == 'report' else options.baseline_ref))
                 for step, value in kind_steps:
-                    print('    %-86s %8.2f' % (step[:86], value))
+                    print('    %-100s %8.2f' % (step, value))
     sizes = [hosts for hosts, dummy, dummy, dummy in figures]
     if len(sizes) > 1:
         print()

@@ -38,3 +38,5 @@ def test_report_bench_writes_every_figure(tmp_path):
     # the per-step times of both playbooks are printed
     assert 'steps of report.yml' in completed.stdout and 'steps of HEAD' in completed.stdout
     assert 'Write fleet-report.json, fleet-report.html and tokenfleet.prom' in completed.stdout
+    for step in ('collect', 'sort', 'json', 'html', 'prometheus', 'write'):  # the controller steps fleet_report times
+        assert 'tokenfleet.prom, most urgent hosts first / %s' % step in completed.stdout, step
