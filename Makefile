@@ -7,14 +7,15 @@
 #   make integration   pytest tests/integration (SoftHSM2, OpenSC, scep, certmonger, step-ca)
 #   make test          deps + sanity + units + integration + lint, with a summary
 #   make demo          deps, then playbooks/demo.yml against playbooks/inventory/demo.yml (step-ca as the demo CA)
-#   make bench         scep_enroll against micromdm's scepclient, then rotate.yml over 100 hosts on step-ca against the ping floor
+#   make bench         scep_enroll against micromdm's scepclient, then rotate.yml (100 hosts, step-ca) and report.yml (100, 1,000 hosts) against the ping floor
 #   make clean         remove .venv, .tmp and test output
 #
 # Variables: WORKSTATIONS (simulated workstations in the demo, default 20), PRINTERS (simulated printers in the demo, 10),
 # FAILING_HOSTS (demo hosts pointed at a closed port, to see a failing host in the report, e.g. ws-002,mfp-001; none),
 # PYTHON (interpreter for .venv, default python3), SANITY_ARGS (extra ansible-test sanity arguments, e.g.
 # "--test validate-modules"), PYTEST_ARGS, BENCH_ENROLLMENTS (20), BENCH_FLEET_HOSTS (100),
-# BENCH_REPEATS (timed rounds of the fleet bench, 3), BENCH_FORKS (ansible forks of the fleet bench, 5).
+# BENCH_REPEATS (timed rounds of the fleet and report benches, 3), BENCH_FORKS (ansible forks of both, 5), BENCH_REPORT_SIZES
+# (fleets of the report bench, 100,1000), BENCH_REPORT_BASELINE (a git revision whose report.yml is timed too, e.g. main).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -28,7 +29,7 @@ LINT_STAMP := $(LINT_VENV)/.requirements.stamp
 COLLECTIONS_ROOT := $(CURDIR)/.tmp/collections
 COLLECTION_LINK := .tmp/collections/ansible_collections/tokenfleet/pki
 DEBIAN_PACKAGES := softhsm2 opensc opensc-pkcs11 scep certmonger git chromium openssl openssh-client \
-  golang-go golang-github-smallstep-certificates-dev
+  golang-go golang-github-smallstep-certificates-dev prometheus
 STEPCA_BIN := .tmp/stepca/step-ca
 STEPCA_MAIN := tests/stepca/main.go
 STEPCA_PACKAGE := golang-github-smallstep-certificates-dev
@@ -43,6 +44,8 @@ BENCH_ENROLLMENTS ?= 20
 BENCH_FLEET_HOSTS ?= 100
 BENCH_REPEATS ?= 3
 BENCH_FORKS ?= 5
+BENCH_REPORT_SIZES ?= 100,1000
+BENCH_REPORT_BASELINE ?=
 
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS_ROOT)
 
@@ -169,6 +172,8 @@ demo: deps
 bench: deps
 	$(VENV)/bin/python bench/scep_bench.py --enrollments $(BENCH_ENROLLMENTS)
 	$(VENV)/bin/python bench/fleet_bench.py --hosts $(BENCH_FLEET_HOSTS) --repeats $(BENCH_REPEATS) --forks $(BENCH_FORKS)
+	$(VENV)/bin/python bench/report_bench.py --sizes $(BENCH_REPORT_SIZES) --repeats $(BENCH_REPEATS) --forks $(BENCH_FORKS) \
+	  --split $(if $(BENCH_REPORT_BASELINE),--baseline-ref $(BENCH_REPORT_BASELINE))
 
 clean:
 	rm -rf $(VENV) .tmp tests/output .pytest_cache

@@ -14,7 +14,8 @@ description:
   - Uses the same code as the collection's modules (C(cryptography)), so names and fingerprints are written the same
     way as in the results of M(tokenfleet.pki.scep_enroll) and its state file history.
   - To read a certificate from a managed host, use M(ansible.builtin.slurp) and the P(ansible.builtin.b64decode#filter)
-    filter, as the C(playbooks/report.yml) playbook of this collection does.
+    filter. The C(playbooks/report.yml) playbook of this collection computes its rows with the same code through
+    M(tokenfleet.pki.fleet_report_host), which reads a host's certificate, state file and failure record in one call.
 author:
   - tokenfleet.pki contributors (@tokenfleet)
 options:
@@ -50,6 +51,7 @@ requirements:
 seealso:
   - module: ansible.builtin.slurp
   - module: tokenfleet.pki.scep_enroll
+  - module: tokenfleet.pki.fleet_report_host
 """
 
 EXAMPLES = r"""
@@ -127,78 +129,29 @@ _value:
       type: str
 """
 
-import datetime
-
 from ansible.errors import AnsibleFilterError
-from ansible.module_utils.common.text.converters import to_bytes
 
+from ansible_collections.tokenfleet.pki.plugins.module_utils import fleet_report
 from ansible_collections.tokenfleet.pki.plugins.module_utils import x509 as x509_utils
-from ansible_collections.tokenfleet.pki.plugins.module_utils.renewal_window import RenewBefore, RenewBeforeError, certificate_due
-
-TIME_FORMAT = '%Y-%m-%dT%H:%M:%SZ'
-FACT_KEYS = ('subject', 'issuer', 'serial', 'not_before', 'not_after', 'days_left', 'expired', 'renewal_due', 'renew_at',
-             'expiry_week', 'fingerprint_sha256')
-
-
-def _parse_now(now):
-    if now is None:
-        return datetime.datetime.now(datetime.timezone.utc)
-    if isinstance(now, datetime.datetime):
-        return now if now.tzinfo else now.replace(tzinfo=datetime.timezone.utc)
-    try:
-        return datetime.datetime.strptime(str(now), TIME_FORMAT).replace(tzinfo=datetime.timezone.utc)
-    except ValueError:
-        raise AnsibleFilterError('tokenfleet.pki.x509_facts: now must look like 2026-01-31T12:00:00Z, got %r' % (now,))
-
-
-def _certificate(data):
-    if not isinstance(data, (str, bytes)):
-        raise x509_utils.CertificateError('the input must be PEM text, not %s' % type(data).__name__)
-    data = to_bytes(data, errors='surrogate_or_strict')
-    if b'-----BEGIN CERTIFICATE-----' not in data:
-        raise x509_utils.CertificateError('the input is not a PEM certificate (no -----BEGIN CERTIFICATE----- line)')
-    return x509_utils.load_certificate(data, 'the input')
 
 
 def x509_facts(data, now=None, on_error='fail', renew_before=None):
     """PEM text -> subject, issuer, serial, not_before, not_after, days_left, expired, renewal_due, renew_at, expiry_week,
-    fingerprint_sha256."""
+    fingerprint_sha256 (module_utils/fleet_report.py, which the fleet report's rows use too)."""
     if on_error not in ('fail', 'return'):
         raise AnsibleFilterError('tokenfleet.pki.x509_facts: on_error must be fail or return, got %r' % (on_error,))
     if not x509_utils.HAS_CRYPTOGRAPHY:
         raise AnsibleFilterError('tokenfleet.pki.x509_facts needs the Python library cryptography on the controller: %s'
                                  % x509_utils.CRYPTOGRAPHY_IMPORT_ERROR)
-    moment = _parse_now(now)
     try:
-        rule = RenewBefore(renew_before)
-    except RenewBeforeError as exc:
+        moment = fleet_report.parse_time(now)
+        rule = fleet_report.renewal_rule(renew_before)
+    except fleet_report.ReportError as exc:
         raise AnsibleFilterError('tokenfleet.pki.x509_facts: %s' % exc)
-    try:
-        certificate = _certificate(data)
-    except x509_utils.CertificateError as exc:
-        if on_error == 'fail':
-            raise AnsibleFilterError('tokenfleet.pki.x509_facts: %s' % exc)
-        result = dict((key, None) for key in FACT_KEYS)
-        result['error'] = str(exc)
-        return result
-    facts = x509_utils.certificate_facts(certificate)
-    not_after = certificate.not_valid_after_utc
-    iso_year, iso_week, dummy = not_after.isocalendar()
-    due, renew_at = certificate_due(certificate, moment, rule)
-    return dict(
-        subject=facts['subject'],
-        issuer=facts['issuer'],
-        serial=facts['serial_number'],
-        not_before=facts['not_before'],
-        not_after=facts['not_after'],
-        days_left=(not_after - moment).days,
-        expired=not_after < moment,
-        renewal_due=due,
-        renew_at=renew_at.strftime(TIME_FORMAT),
-        expiry_week='%04d-W%02d' % (iso_year, iso_week),
-        fingerprint_sha256=facts['fingerprint_sha256'],
-        error=None,
-    )
+    facts = fleet_report.certificate_facts(data, moment, rule)
+    if facts['error'] is not None and on_error == 'fail':
+        raise AnsibleFilterError('tokenfleet.pki.x509_facts: %s' % facts['error'])
+    return facts
 
 
 class FilterModule(object):
