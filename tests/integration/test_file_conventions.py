@@ -134,15 +134,15 @@ def test_an_existing_key_file_is_narrowed_before_the_new_key_is_in_it(fake, run_
     run = run_playbook([module_task('scep_enroll', 'rekey', dict(args, force=True, rekey=True, remove_old=True))],
                        env=watch.env)
     assert run.result('rekey')['result']['status'] == 'renewed', run.output()
-    new_key = (host / 'key.pem').read_bytes()
-    assert mode_of(host / 'key.pem') == 0o600
-    staged = [name for name in watch.seen() if name.startswith('.tokenfleet-key.pem')]
-    assert staged and all(watch.seen()[name] == {0o600} for name in staged), watch.seen()
-    assert new_key != b'' and not (host / 'key.pem.new').exists()
+    assert mode_of(host / 'key.pem') == 0o600 and not (host / 'key.pem.new').exists()
+    seen = watch.seen()
+    new = [name for name in seen if name.startswith(('.tokenfleet-key.pem', 'key.pem.new', '.ansible_tmp'))]
+    assert 'key.pem.new' in new, seen  # the new key, before it is renamed over the old one
+    assert [name for name in new if seen[name] != {0o600}] == [], seen
 
 
-def test_a_bind_mounted_file_is_refused_before_any_change_and_written_with_unsafe_writes(fake, run_playbook, tmp_path,
-                                                                                        test_ca):
+def test_a_bind_mounted_certificate_is_refused_before_any_change_or_written_with_unsafe_writes(
+        fake, run_playbook, tmp_path, test_ca):
     """A certificate file bind-mounted into place (as containers do): without unsafe_writes the run fails naming it
     before the CA is asked; with unsafe_writes the mounted file itself gets the certificate."""
     host = tmp_path / 'host'
@@ -186,6 +186,34 @@ def test_csr_on_a_bind_mounted_file_fails_clearly_without_unsafe_writes(run_play
     assert_four_run(run, FOUR_RUN)
     csr = x509.load_pem_x509_csr(outside.read_bytes())
     assert csr.subject.rfc4514_string() == 'CN=epuap.example.gov.pl'
+
+
+def test_csr_backup_of_a_request_with_a_challenge_is_never_readable_by_others(run_playbook, tmp_path):
+    """A request carrying a challenge password is 0600, and so is its backup at every moment (backup_local's copy2
+    creates the copy with the umask's mode and sets the original's mode only after the content)."""
+    host = tmp_path / 'host'
+    host.mkdir()
+    key_path = tmp_path / 'key.pem'
+    key_path.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    challenge = random_pin()
+    args = dict(private_key_path=str(key_path), path=str(host / 'request.csr'), common_name='mfp04.example.com',
+                challenge_password=challenge, backup=True)
+    watch = ModeWatch(host, tmp_path / 'modes.jsonl')
+    with umask(0):
+        run = run_playbook([module_task('csr', 'first', args),
+                            module_task('csr', 'second', dict(args, common_name='mfp05.example.com')),
+                            module_task('csr', 'same', dict(args, common_name='mfp05.example.com'))], env=watch.env)
+    first, second, same = (run.result(name)['result'] for name in ('first', 'second', 'same'))
+    assert first['changed'] and 'backup_file' not in first, run.output()
+    assert second['changed'] and backups_of(host / 'request.csr') == [second['backup_file']]
+    old = x509.load_pem_x509_csr(open(second['backup_file'], 'rb').read())
+    assert old.subject.rfc4514_string() == 'CN=mfp04.example.com' and mode_of(second['backup_file']) == 0o600
+    assert not same['changed'] and 'backup_file' not in same
+    seen = watch.seen()
+    assert os.path.basename(second['backup_file']) in seen and 'request.csr' in seen, seen
+    assert [name for name, modes in seen.items() if any(mode & 0o077 for mode in modes)] == [], seen
+    run.assert_not_leaked(challenge)
 
 
 def test_scep_enroll_diff_return_content_and_no_secret_in_the_output(fake, run_playbook, tmp_path):
