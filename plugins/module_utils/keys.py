@@ -22,8 +22,9 @@ import os
 
 from ansible_collections.tokenfleet.pki.plugins.module_utils.files import (
     StagedFile,
+    backup_file,
     ensure_content,
-    fsync_directory,
+    place,
     private_file_args,
     read_file,
     remove_file,
@@ -70,10 +71,15 @@ def key_hex(public_key):
 
 
 class FileKeys(object):
-    """The key file, its ``.new`` and ``.old`` companions, and the certificate file that goes with it."""
+    """The key file, its ``.new`` and ``.old`` companions, and the certificate file that goes with it.
 
-    def __init__(self, module, key_path, certificate_path, passphrase=None):
+    With a dict ``backups`` (the task's ``backup``), a key or certificate file that is replaced is copied first
+    (files.backup_file) and the copy recorded as ``backups[path]``.
+    """
+
+    def __init__(self, module, key_path, certificate_path, passphrase=None, backups=None):
         self.module = module
+        self.backups = backups
         self.key_path = key_path
         self.new_path = key_path + NEW
         self.old_path = key_path + OLD
@@ -136,10 +142,11 @@ class FileKeys(object):
             if os.path.exists(self.certificate_path):
                 write_file(self.module, self.certificate_path + OLD, read_file(self.certificate_path, 'certificate_path'),
                            0o644)
-        staged = StagedFile(self.module, self.certificate_path, certificate_pem, 0o644)
+        staged = StagedFile(self.module, self.certificate_path, certificate_pem, 0o644, backups=self.backups)
         try:
-            os.replace(self.new_path, self.key_path)
-            fsync_directory(self.key_path)
+            if self.backups is not None and current is not None:
+                self.backups[os.path.abspath(self.key_path)] = backup_file(self.module, self.key_path)
+            place(self.module, self.new_path, self.key_path, private_file_args(self.module, self.key_path))
         except BaseException:
             staged.discard()
             raise
@@ -147,7 +154,7 @@ class FileKeys(object):
         return True
 
     def _write_certificate(self, certificate_pem):
-        ensure_content(self.module, self.certificate_path, certificate_pem, 0o644)
+        ensure_content(self.module, self.certificate_path, certificate_pem, 0o644, backups=self.backups)
 
     def write_generated(self, key):
         """A key made for a first enrollment: no old key to keep, so it goes straight to its place."""

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import traceback
 
@@ -86,6 +87,28 @@ def certificate_facts(certificate):
         not_after=certificate.not_valid_after_utc.strftime('%Y-%m-%dT%H:%M:%SZ'),
         fingerprint_sha256=colon_hex(certificate.fingerprint(hashes.SHA256())),
     )
+
+
+def pem_certificates_facts(data):
+    """certificate_facts() of each PEM certificate in ``data``, with its public key's fingerprint (for diffs); the
+    text ``not PEM certificates`` when ``data`` holds something else."""
+    try:
+        certificates = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        return 'not PEM certificates'
+    return [dict(certificate_facts(cert), public_key_fingerprint=public_key_fingerprint(cert.public_key()))
+            for cert in certificates]
+
+
+def certificate_file_facts(path):
+    """pem_certificates_facts() of the file ``path``; None when there is no such file."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, 'rb') as handle:
+            return pem_certificates_facts(handle.read())
+    except OSError:
+        return 'not readable'
 
 
 # ---- certificate requests -------------------------------------------------------------------

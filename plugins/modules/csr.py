@@ -26,6 +26,7 @@ extends_documentation_fragment:
   - tokenfleet.pki.request
   - tokenfleet.pki.token.attributes
   - ansible.builtin.files
+  - tokenfleet.pki.files
 attributes:
   check_mode:
     support: full
@@ -45,10 +46,6 @@ options:
     default: present
   force:
     description: Make the request again even if the existing one is up to date.
-    type: bool
-    default: false
-  backup:
-    description: Keep a timestamped copy of the previous request when it is replaced or removed.
     type: bool
     default: false
   return_content:
@@ -160,13 +157,14 @@ backup_file:
   description: Name of the backup of the previous request.
   returned: when a backup was made
   type: str
-  sample: /etc/pki/epuap/integration.csr.2026-11-21@10:12:44~
+  sample: /etc/pki/epuap/integration.csr.2718.2026-11-21@10:12:44~
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.tokenfleet.pki.plugins.module_utils.backends.csr import CsrBackend
 from ansible_collections.tokenfleet.pki.plugins.module_utils.common import run_backend
+from ansible_collections.tokenfleet.pki.plugins.module_utils.files import backup_argument_spec
 from ansible_collections.tokenfleet.pki.plugins.module_utils.signer import (
     KEY_SOURCE_MUTUALLY_EXCLUSIVE,
     key_source_argument_spec,
@@ -182,9 +180,9 @@ def main():
         path=dict(type='path', required=True),
         state=dict(type='str', choices=['present', 'absent'], default='present'),
         force=dict(type='bool', default=False),
-        backup=dict(type='bool', default=False),
         return_content=dict(type='bool', default=False),
     )
+    argument_spec.update(backup_argument_spec())
     module = AnsibleModule(argument_spec=argument_spec, mutually_exclusive=KEY_SOURCE_MUTUALLY_EXCLUSIVE,
                            supports_check_mode=True, add_file_common_args=True)
     require_key_source_libraries(module)

@@ -33,11 +33,16 @@ extends_documentation_fragment:
   - tokenfleet.pki.token
   - tokenfleet.pki.token.attributes
   - ansible.builtin.files
+  - tokenfleet.pki.files
 attributes:
   check_mode:
     support: full
   diff_mode:
-    support: none
+    support: full
+    details:
+      - The tokens the task selects before and after (reference number, description, permissions, status) and, with
+        O(token_path) and O(state=present), the reference number of the token whose secret that file holds; never a
+        secret. In check mode a token that would be made has no reference number yet (V(null)).
 options:
   state:
     description: V(present) creates the token when none with that description is Pending or Active; V(absent) revokes.
@@ -137,12 +142,18 @@ actions:
   returned: always
   type: list
   elements: str
+backup_file:
+  description: Name of the copy of the previous O(token_path) (it holds the previous secret, with that file's mode).
+  returned: when O(backup=true) and O(force=true) replaced O(token_path)
+  type: str
+  sample: /srv/ksef/anna-nowak.token.2718.2026-11-21@10:12:44~
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.tokenfleet.pki.plugins.module_utils.backends.ksef_token import KsefTokenBackend
 from ansible_collections.tokenfleet.pki.plugins.module_utils.common import run_backend
+from ansible_collections.tokenfleet.pki.plugins.module_utils.files import backup_argument_spec
 from ansible_collections.tokenfleet.pki.plugins.module_utils.ksef.auth import require_ksef_libraries
 from ansible_collections.tokenfleet.pki.plugins.module_utils.ksef.tokens import (
     KSEF_MUTUALLY_EXCLUSIVE,
@@ -164,6 +175,7 @@ def main():
         token_path=dict(type='path'),
         return_token=dict(type='bool', default=False),
     )
+    argument_spec.update(backup_argument_spec())
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, add_file_common_args=True,
                            mutually_exclusive=KSEF_MUTUALLY_EXCLUSIVE + KEY_SOURCE_MUTUALLY_EXCLUSIVE,
                            required_one_of=KSEF_REQUIRED_ONE_OF)

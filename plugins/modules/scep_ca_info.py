@@ -18,19 +18,23 @@ description:
     M(tokenfleet.pki.scep_enroll) would stop unless its algorithms are set explicitly.
   - This is how to learn the fingerprint to pin in M(tokenfleet.pki.scep_enroll). Compare it with what the CA's
     administrators publish before you trust it.
-  - Can write the CA certificates to a file.
+  - Can write the CA certificates to a file, O(chain_path).
 author:
   - tokenfleet.pki contributors (@tokenfleet)
 extends_documentation_fragment:
   - tokenfleet.pki.scep
   - tokenfleet.pki.token.attributes
   - ansible.builtin.files
+  - tokenfleet.pki.files
 attributes:
   check_mode:
     support: full
     details: The server is asked in check mode too; only writing O(chain_path) is skipped.
   diff_mode:
-    support: none
+    support: full
+    details:
+      - With O(chain_path), the certificates in that file before and after (subject, issuer, serial number, validity,
+        fingerprints), in check mode the ones it would hold.
 options:
   ca_fingerprint:
     description:
@@ -50,8 +54,12 @@ options:
       - May be combined with O(ca_fingerprint); then a certificate pinned by either counts.
     type: path
   chain_path:
-    description: Write the CA certificate(s) here (PEM).
+    description: Write the CA certificate(s) here (PEM); default mode V(0644).
     type: path
+  return_content:
+    description: Return the PEM of the CA certificate(s), what O(chain_path) holds, as RV(chain_content).
+    type: bool
+    default: false
 seealso:
   - module: tokenfleet.pki.scep_enroll
 """
@@ -163,19 +171,32 @@ certificates:
     pem:
       description: The certificate in PEM.
       type: str
+chain_content:
+  description: The PEM of the CA certificate(s), the content of O(chain_path).
+  returned: when O(return_content=true)
+  type: str
+  sample: "-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----\n"
+backup_file:
+  description: Name of the copy of the previous O(chain_path).
+  returned: when O(backup=true) and O(chain_path) was replaced
+  type: str
+  sample: /etc/pki/scep/ca-chain.pem.2718.2026-11-21@10:12:44~
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.tokenfleet.pki.plugins.module_utils.backends.scep_ca_info import ScepCaInfoBackend
 from ansible_collections.tokenfleet.pki.plugins.module_utils.common import run_backend
+from ansible_collections.tokenfleet.pki.plugins.module_utils.files import backup_argument_spec
 from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.transport import scep_server_argument_spec
 from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import require_cryptography
 
 
 def main():
     argument_spec = scep_server_argument_spec()
-    argument_spec.update(ca_fingerprint=dict(type='str'), ca_certificate_path=dict(type='path'), chain_path=dict(type='path'))
+    argument_spec.update(ca_fingerprint=dict(type='str'), ca_certificate_path=dict(type='path'), chain_path=dict(type='path'),
+                         return_content=dict(type='bool', default=False))
+    argument_spec.update(backup_argument_spec())
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, add_file_common_args=True)
     require_cryptography(module)
     run_backend(module, ScepCaInfoBackend)

@@ -48,12 +48,19 @@ extends_documentation_fragment:
   - tokenfleet.pki.request
   - tokenfleet.pki.token.attributes
   - ansible.builtin.files
+  - tokenfleet.pki.files
 attributes:
   check_mode:
     support: full
     details: Check mode never contacts the server; it reports what would happen from the certificate, key and state file.
   diff_mode:
-    support: none
+    support: full
+    details:
+      - The certificate in O(certificate_path) before and after (subject, issuer, serial number, validity, fingerprint
+        and its public key's fingerprint), the certificates of O(chain_path), and the transaction id of a pending
+        request; never a key, challenge or PIN.
+      - In check mode the certificate to be issued shows the subject requested and the key's fingerprint (V(null) for
+        a new key, O(rekey)); what only the CA knows (issuer, serial number, validity, fingerprint) is V(null).
 options:
   ca_fingerprint:
     description:
@@ -199,7 +206,16 @@ options:
     description: How many issued certificates the history keeps.
     type: int
     default: 20
+  return_content:
+    description:
+      - Return the PEM of O(certificate_path) (and of O(chain_path)) after the run as RV(certificate_content) (and
+        RV(chain_content)); in check mode what the files hold now. The key is never returned.
+    type: bool
+    default: false
 notes:
+  - O(backup) applies to O(certificate_path), O(chain_path) and O(private_key_path) (replaced on a renewal with
+    O(rekey)); the copies are returned as RV(backup_file), RV(chain_backup_file) and RV(private_key_backup_file). The
+    state file is never backed up; the V(.old) files that O(remove_old=false) keeps are made either way.
   - O(challenge_password) may also come from the E(SCEP_CHALLENGE_PASSWORD) environment variable. Secrets are never
     logged or returned.
 seealso:
@@ -269,12 +285,35 @@ history:
   returned: always
   type: list
   elements: dict
+certificate_content:
+  description: The PEM in O(certificate_path), V(null) when there is none.
+  returned: when O(return_content=true)
+  type: str
+  sample: "-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----\n"
+chain_content:
+  description: The PEM in O(chain_path), V(null) when there is none.
+  returned: when O(return_content=true) and O(chain_path) is set
+  type: str
+backup_file:
+  description: Name of the copy of the previous O(certificate_path).
+  returned: when O(backup=true) and O(certificate_path) was replaced
+  type: str
+  sample: /srv/printers/mfp01/cert.pem.2718.2026-11-21@10:12:44~
+chain_backup_file:
+  description: Name of the copy of the previous O(chain_path).
+  returned: when O(backup=true) and O(chain_path) was replaced
+  type: str
+private_key_backup_file:
+  description: Name of the copy of the previous O(private_key_path), mode V(0600) like the key.
+  returned: when O(backup=true) and O(private_key_path) was replaced (a renewal with O(rekey))
+  type: str
 """
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback
 
 from ansible_collections.tokenfleet.pki.plugins.module_utils.backends.scep_enroll import ScepEnrollBackend
 from ansible_collections.tokenfleet.pki.plugins.module_utils.common import run_backend
+from ansible_collections.tokenfleet.pki.plugins.module_utils.files import backup_argument_spec
 from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.transport import scep_server_argument_spec
 from ansible_collections.tokenfleet.pki.plugins.module_utils.signer import (
     KEY_SOURCE_MUTUALLY_EXCLUSIVE,
@@ -313,7 +352,9 @@ def main():
         splay=dict(type='int', default=0),
         state_path=dict(type='path'),
         history_size=dict(type='int', default=20),
+        return_content=dict(type='bool', default=False),
     )
+    argument_spec.update(backup_argument_spec())
     module = AnsibleModule(argument_spec=argument_spec,
                            mutually_exclusive=KEY_SOURCE_MUTUALLY_EXCLUSIVE + [('ca_fingerprint', 'ca_certificate_path')],
                            supports_check_mode=True, add_file_common_args=True)

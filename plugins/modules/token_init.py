@@ -23,11 +23,16 @@ extends_documentation_fragment:
   - tokenfleet.pki.token.module
   - tokenfleet.pki.token.attributes
   - ansible.builtin.files
+  - tokenfleet.pki.files
 attributes:
   check_mode:
     support: full
   diff_mode:
-    support: none
+    support: full
+    details:
+      - The token before and after (label, serial, slot, whether it and its user PIN are initialised, whether the
+        user PIN is locked, and the O(new_user_pin_version) the token's PIN record names), never a PIN. In check mode
+        the facts it would have; the serial and slot of a token to be initialised are V(null) there.
 options:
   label:
     description:
@@ -177,12 +182,18 @@ actions:
   type: list
   elements: str
   sample: [initialise token, set user PIN]
+backup_file:
+  description: Name of the copy of the previous O(user_pin_path) (it holds the previous PIN, with that file's mode).
+  returned: when O(backup=true) and O(user_pin_path) was replaced
+  type: str
+  sample: /root/token-user-pin.2718.2026-11-21@10:12:44~
 """
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback
 
 from ansible_collections.tokenfleet.pki.plugins.module_utils.backends.token_init import TokenInitBackend
 from ansible_collections.tokenfleet.pki.plugins.module_utils.common import run_backend
+from ansible_collections.tokenfleet.pki.plugins.module_utils.files import backup_argument_spec
 from ansible_collections.tokenfleet.pki.plugins.module_utils.token import (
     pkcs11_module_argument_spec,
     require_pkcs11,
@@ -204,6 +215,7 @@ def main():
         new_user_pin_version=dict(type='str', no_log=False),
         force=dict(type='bool', default=False),
     )
+    argument_spec.update(backup_argument_spec())
     module = AnsibleModule(argument_spec=argument_spec, mutually_exclusive=[('token_serial', 'slot_id')],
                            supports_check_mode=True, add_file_common_args=True)
     require_pkcs11(module)

@@ -9,6 +9,7 @@ import os
 
 from ansible_collections.tokenfleet.pki.plugins.module_utils.files import (
     apply_file_attributes,
+    backup_file,
     check_destination,
     read_file,
     write_file,
@@ -29,7 +30,7 @@ class CsrBackend(object):
         params = module.params
         self.path = params['path']
         self.state = params['state']
-        check_destination(self.path, 'path')
+        check_destination(self.path, 'path', module)
         if params['return_content'] and params.get('challenge_password'):
             # Base64 inside the PEM, the password would escape Ansible's no_log masking.
             raise RequestError('return_content cannot be used with challenge_password: the request carries the '
@@ -66,9 +67,10 @@ class CsrBackend(object):
         if reasons:
             result['changed'] = True
             if not self.check_mode:
-                if data is not None and self.module.params['backup']:
-                    result['backup_file'] = self.module.backup_local(self.path)
-                write_file(self.module, self.path, request_pem(csr), self.default_mode)
+                backups = {} if self.module.params['backup'] else None
+                write_file(self.module, self.path, request_pem(csr), self.default_mode, backups=backups)
+                if backups:
+                    result['backup_file'] = backups[os.path.abspath(self.path)]
         result['changed'] = apply_file_attributes(self.module, self.path, result['changed'], self.default_mode)
         result.update(after)
         result['reasons'] = reasons
@@ -82,6 +84,6 @@ class CsrBackend(object):
             result['changed'] = True
             if not self.check_mode:
                 if self.module.params['backup']:
-                    result['backup_file'] = self.module.backup_local(self.path)
+                    result['backup_file'] = backup_file(self.module, self.path)
                 os.remove(self.path)
         return result

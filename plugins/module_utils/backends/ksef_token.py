@@ -70,19 +70,47 @@ class KsefTokenBackend(object):
         self.permissions = sorted(set(params['permissions'] or []))
         self.token_path = params['token_path']
         if self.token_path:
-            check_destination(self.token_path, 'token_path')
+            check_destination(self.token_path, 'token_path', module)
         self.check_mode = module.check_mode
         self.changed = False
         self.actions = []
+        self.backups = {} if params['backup'] else None
+        self.before = None  # the tokens the task is about, as found; see _diff()
+        self.revoked = []
+        self.created = None
 
     def run(self):
         if self.token_path and not self.check_mode:
             remove_leftovers(self.token_path)  # a run killed while writing a secret left it in a temp file
         with open_session(self.module) as session:
             self.session = session
-            if self.state == 'absent':
-                return self._absent()
-            return self._present()
+            result = self._absent() if self.state == 'absent' else self._present()
+        if self.backups:
+            result['backup_file'] = self.backups[os.path.abspath(self.token_path)]
+        if self.module._diff:
+            result['diff'] = self._diff()
+        return result
+
+    def _diff(self):
+        """The tokens before and after (reference numbers, descriptions, permissions, status), and whose secret
+        token_path holds, by reference number; never a secret. In check mode a token to be made has no reference yet."""
+        after = dict(self.before, tokens=[item for item in self.before['tokens']
+                                          if item['reference_number'] not in self.revoked])
+        if self.created is not None:
+            after['tokens'].append(self.created)
+            if 'token_path_reference' in after:
+                after['token_path_reference'] = self.created['reference_number']
+        return dict(before=self.before, after=after)
+
+    @staticmethod
+    def _diff_token(item):
+        facts = token_facts(item)
+        return dict((key, facts[key]) for key in ('reference_number', 'description', 'permissions', 'status'))
+
+    def _found(self, items, held=None):
+        self.before = dict(tokens=[self._diff_token(item) for item in items])
+        if self.state == 'present' and self.token_path:
+            self.before['token_path_reference'] = held
 
     def _matching(self):
         """Pending or Active tokens whose description is exactly ours (KSeF filters by substring)."""
@@ -116,6 +144,7 @@ class KsefTokenBackend(object):
                             % (self.description, ', '.join(sorted(other[0].get('requestedPermissions') or [])),
                                ', '.join(self.permissions)))
         held = self._held()
+        self._found(matching, held)
         ours = [item for item in same if not self.token_path or held in (UNKNOWN, item['referenceNumber'])]
         if ours:
             if not other:
@@ -144,6 +173,8 @@ class KsefTokenBackend(object):
                              % (self.description, references, self.token_path, 'would be' if self.check_mode else 'is'))
         self.actions.append('create')
         if self.check_mode:
+            self.created = dict(reference_number=None, description=self.description, permissions=self.permissions,
+                                status=None)
             return dict(changed=True, actions=self.actions, reference_number=None, status=None,
                         description=self.description, permissions=self.permissions)
         return self._create()
@@ -158,7 +189,8 @@ class KsefTokenBackend(object):
         secret = created.get('token') if isinstance(created, dict) else None
         if self.token_path and isinstance(secret, str) and secret:
             # Before anything else can fail: KSeF shows the secret only now.
-            write_file(self.module, self.token_path, secret + '\n', 0o600, private_file_args(self.module, self.token_path))
+            write_file(self.module, self.token_path, secret + '\n', 0o600, private_file_args(self.module, self.token_path),
+                       backups=self.backups)
         check_shape(created, CREATED_SHAPE, 'POST /tokens')
         reference = created['referenceNumber']
         try:
@@ -168,6 +200,7 @@ class KsefTokenBackend(object):
             self.module.warn('the token %s was made, but its status could not be read: %s' % (reference, exc))
             item = dict(referenceNumber=reference, description=self.description, requestedPermissions=self.permissions,
                         status=None)
+        self.created = self._diff_token(item)
         result = dict(token_facts(item), changed=True, actions=self.actions)
         if item['status'] not in ('Active', None):
             details = '; '.join(item.get('statusDetails') or [])
@@ -179,6 +212,7 @@ class KsefTokenBackend(object):
 
     def _revoke(self, item):
         self.actions.append('revoke %s' % item['referenceNumber'])
+        self.revoked.append(item['referenceNumber'])
         if not self.check_mode:
             self.session.call('DELETE', token_endpoint(item['referenceNumber']))
 
@@ -189,6 +223,7 @@ class KsefTokenBackend(object):
                 targets = [item] if item['status'] in LIVE else []
             else:
                 targets = self._matching()
+            self._found(targets)
             for item in targets:
                 self._revoke(item)
         except KsefApiError as exc:

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import os
+
 from ansible_collections.tokenfleet.pki.plugins.module_utils.files import check_destination, ensure_content
 from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.client import (
     CaCertificates,
@@ -17,7 +19,11 @@ from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.client import 
 )
 from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.message import ScepError
 from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.transport import ScepCapsError, ScepTransport
-from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import certificate_pem
+from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import (
+    certificate_file_facts,
+    certificate_pem,
+    pem_certificates_facts,
+)
 
 
 class ScepCaInfoBackend(object):
@@ -31,7 +37,7 @@ class ScepCaInfoBackend(object):
         self.ra_fingerprints = normalise_ra_fingerprints(params['ra_fingerprint'])
         self.pinned = load_pinned_certificates(params['ca_certificate_path']) if params['ca_certificate_path'] else []
         if params['chain_path']:
-            check_destination(params['chain_path'], 'chain_path')
+            check_destination(params['chain_path'], 'chain_path', module)
 
     def run(self):
         params = self.module.params
@@ -63,7 +69,22 @@ class ScepCaInfoBackend(object):
                       pinned=is_pinned, algorithms=algorithms)
         if caps_error is not None:
             result['caps_error'] = caps_error
+        content = ''.join(certificate_pem(cert) for cert in ca_certificates.ca)
+        if params['return_content']:
+            result['chain_content'] = content
         if params['chain_path']:
-            content = ''.join(certificate_pem(cert) for cert in ca_certificates.ca).encode('ascii')
-            result['changed'] = ensure_content(self.module, params['chain_path'], content, 0o644)
+            result.update(self._write_chain(params['chain_path'], content.encode('ascii')))
+        return result
+
+    def _write_chain(self, path, content):
+        """Write the CA chain to ``path``: changed, backup_file when one was made, and the diff of its certificates."""
+        before = certificate_file_facts(path)
+        backups = {} if self.module.params['backup'] else None
+        result = dict(changed=ensure_content(self.module, path, content, 0o644, backups))
+        if backups:
+            result['backup_file'] = backups[os.path.abspath(path)]
+        if self.module._diff:  # the file holds exactly ``content`` after the run (in check mode: would hold)
+            after = pem_certificates_facts(content)
+            result['diff'] = dict(before=dict(chain_path=path, certificates=before),
+                                  after=dict(chain_path=path, certificates=after))
         return result

@@ -60,10 +60,13 @@ from ansible_collections.tokenfleet.pki.plugins.module_utils.x509 import (
     HAS_CRYPTOGRAPHY,
     RequestSpec,
     certificate_facts,
+    certificate_file_facts,
     certificate_pem,
     load_certificate,
     load_request,
+    pem_certificates_facts,
     public_key_der,
+    public_key_fingerprint,
 )
 
 if HAS_CRYPTOGRAPHY:
@@ -113,9 +116,9 @@ class ScepEnrollBackend(object):
                 raise ScepError('%s must be %s (got %d)' % (option, 'positive' if option in ('timeout', 'history_size')
                                                             else 'zero or more', params[option]))
         self.certificate_path = params['certificate_path']
-        check_destination(self.certificate_path, 'certificate_path')
+        check_destination(self.certificate_path, 'certificate_path', module)
         if params['chain_path']:
-            check_destination(params['chain_path'], 'chain_path')
+            check_destination(params['chain_path'], 'chain_path', module)
         if params['ca_fingerprint'] is None and params['ca_certificate_path'] is None:
             raise ScepError('give ca_fingerprint (the SHA-256 fingerprint scep_ca_info shows) or ca_certificate_path: '
                             'replies are only accepted from a pinned CA')
@@ -124,12 +127,14 @@ class ScepEnrollBackend(object):
         self.pinned = load_pinned_certificates(params['ca_certificate_path']) if params['ca_certificate_path'] else []
         self.transport = ScepTransport(params['url'], params['timeout'], params['validate_certs'], params['ca_path'])
         self.state_path = params['state_path'] or self.certificate_path + '.scep.json'
-        check_destination(self.state_path, 'state_path')
+        check_destination(self.state_path, 'state_path', module)
         self.state = None  # read under the lock
         self.spec = RequestSpec(params) if params['csr_path'] is None else None
         writes_token = not module.check_mode and (params['store_on_token'] or params['rekey'])
         self.key_source = KeySource(module, require=False, rw=writes_token)
         self.files = None
+        self.backups = {} if params['backup'] else None
+        self.predicted = None  # check mode: what the diff's after differs in from before
         if self.key_source.on_token and params['private_key_path'] is None:
             self.key_path = None
         elif params['private_key_path'] is None:
@@ -137,8 +142,9 @@ class ScepEnrollBackend(object):
                             'key on a token')
         else:
             self.key_path = params['private_key_path']
-            check_destination(self.key_path, 'private_key_path')
-            self.files = FileKeys(module, self.key_path, self.certificate_path, params['private_key_passphrase'])
+            check_destination(self.key_path, 'private_key_path', module)
+            self.files = FileKeys(module, self.key_path, self.certificate_path, params['private_key_passphrase'],
+                                  self.backups)
         if params['store_on_token'] and self.key_path is not None:
             raise ScepError('store_on_token needs a key on a token (key_label/key_id)')
         if params['curve'] is not None and params['key_type'] != 'ec':
@@ -194,17 +200,67 @@ class ScepEnrollBackend(object):
 
     def run(self):
         if self.check_mode:  # reads only: no lock, no replay
-            self.state = ScepState(self.state_path, self.module.params['history_size'])
-            return self._run()
+            return self._run_reported()
         with StateLock(self.state_path, self.module.params['timeout']):
-            self.state = ScepState(self.state_path, self.module.params['history_size'])
-            if self.state.upgraded:
-                self.state.save(self.module)  # at once: the old format kept the request, challenge included
-            return self._run()
+            return self._run_reported()
+
+    def _run_reported(self):
+        """The run, with what the task asked to see: backups made, file contents, the diff."""
+        params = self.module.params
+        self.state = ScepState(self.state_path, params['history_size'])
+        before = self._host_facts() if self.module._diff else None
+        if self.state.upgraded and not self.check_mode:
+            self.state.save(self.module)  # at once: the old format kept the request, challenge included
+        result = self._run()
+        for name, path in (('backup_file', self.certificate_path), ('private_key_backup_file', self.key_path),
+                           ('chain_backup_file', params['chain_path'])):
+            if self.backups and path and os.path.abspath(path) in self.backups:
+                result[name] = self.backups[os.path.abspath(path)]
+        if params['return_content']:
+            result['certificate_content'] = self._content(self.certificate_path)
+            if params['chain_path']:
+                result['chain_content'] = self._content(params['chain_path'])
+        if before is not None:
+            after = self._host_facts() if not self.check_mode else dict(before, **(self.predicted or {}))
+            result['diff'] = dict(before=before, after=after)
+        return result
+
+    @staticmethod
+    def _content(path):
+        return read_file(path, 'the file').decode('ascii', 'replace') if os.path.exists(path) else None
+
+    def _host_facts(self):
+        """What the diff shows: the certificate (and chain) files' certificates and a pending transaction; no secret."""
+        certificates = certificate_file_facts(self.certificate_path)
+        facts = dict(certificate=certificates[0] if isinstance(certificates, list) and len(certificates) == 1
+                     else certificates,
+                     pending_transaction_id=self.state.pending['transaction_id'] if self.state.pending else None)
+        if self.module.params['chain_path']:
+            facts['chain'] = certificate_file_facts(self.module.params['chain_path'])
+        return facts
+
+    def _predict_certificate(self, key, action, generated):
+        """Check mode: the certificate the CA would issue, as far as it is known without asking it (the key's
+        fingerprint only for a key that exists: a key to be generated, or a rekey's new key, is not made yet)."""
+        params = self.module.params
+        if params['csr_path'] is not None:
+            subject = load_request(read_file(params['csr_path'], 'csr_path'), 'csr_path %s' % params['csr_path']).subject
+        else:
+            subject = self.spec.subject
+        new_key = generated or (action == 'renew' and params['rekey'])
+        certificate = dict(subject=subject.rfc4514_string(), issuer=None, serial_number=None, not_before=None,
+                           not_after=None, fingerprint_sha256=None,
+                           public_key_fingerprint=None if new_key else public_key_fingerprint(key.public_key()))
+        self.predicted = dict(certificate=certificate, pending_transaction_id=None)
 
     def _run(self):
         if self.state.swap is not None and self.check_mode:
-            return self._swap_result(self.state.swap, changed=True)
+            swap = self.state.swap
+            self.predicted = dict(certificate=pem_certificates_facts(swap['certificate'].encode('ascii'))[0],
+                                  pending_transaction_id=None)
+            if self.module.params['chain_path'] and swap.get('chain') is not None:
+                self.predicted['chain'] = pem_certificates_facts(''.join(swap['chain']).encode('ascii'))
+            return self._swap_result(swap, changed=True)
         if self.files is not None:
             return self._replay_file() or self._run_file()
         if self.state.swap is not None or self._pending_rekey():
@@ -268,7 +324,7 @@ class ScepEnrollBackend(object):
         current = session.find_one(ObjectClass.PRIVATE_KEY, label=label)
         if current is None or token_key_hex(session, current) != swap['new_key']:
             return False
-        ensure_content(self.module, self.certificate_path, swap['certificate'].encode('ascii'), 0o644)
+        ensure_content(self.module, self.certificate_path, swap['certificate'].encode('ascii'), 0o644, self.backups)
         if self.module.params['store_on_token']:
             ensure_certificate_object(session, current, x509.load_pem_x509_certificate(swap['certificate'].encode('ascii')))
         return True
@@ -284,7 +340,8 @@ class ScepEnrollBackend(object):
             self.state.save(self.module)
             return None
         if self.module.params['chain_path'] and swap.get('chain') is not None:
-            ensure_content(self.module, self.module.params['chain_path'], ''.join(swap['chain']).encode('ascii'), 0o644)
+            ensure_content(self.module, self.module.params['chain_path'], ''.join(swap['chain']).encode('ascii'), 0o644,
+                           self.backups)
         certificate = x509.load_pem_x509_certificate(swap['certificate'].encode('ascii'))
         self.state.add_issued(certificate_facts(certificate))
         self.state.save(self.module)
@@ -353,6 +410,8 @@ class ScepEnrollBackend(object):
         result['changed'] = True
         result['status'] = _STATUS[action]
         if self.check_mode:
+            if action != 'poll':
+                self._predict_certificate(key, action, generated)
             return result
         if params['splay']:
             time.sleep(random.uniform(0, params['splay']))

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import string
 
@@ -50,6 +51,7 @@ class TokenInitBackend(object):
         self.changed = False
         self.pin_set = False
         self.actions = []
+        self.backups = {} if params['backup'] else None
         if len(self.label.encode('utf-8')) > 32:
             raise TokenError('label must be at most 32 bytes long (PKCS#11 token labels are 32 bytes)')
         if self.version is not None:
@@ -67,7 +69,7 @@ class TokenInitBackend(object):
                 raise TokenError('a generated user PIN needs user_pin_path: the PIN is only ever written to that file')
             if self.new_user_pin is not None:
                 raise TokenError('new_user_pin cannot be combined with a generated user_pin')
-            check_destination(params['user_pin_path'], 'user_pin_path')
+            check_destination(params['user_pin_path'], 'user_pin_path', module)
 
     def run(self):
         if self.module.params['user_pin_path'] and not self.check_mode:
@@ -75,6 +77,7 @@ class TokenInitBackend(object):
         library = Pkcs11Library(self.module.params['pkcs11_module'])
         self.library = library
         slot, token = self._select(library)
+        before = self._facts(slot, token) if self.module._diff else None
         if self._needs_init(token):
             self._initialise(slot, token)
         else:
@@ -82,7 +85,7 @@ class TokenInitBackend(object):
             if self.new_user_pin is not None:
                 self._change_user_pin(slot, token)
         token = slot.get_token()
-        return dict(
+        result = dict(
             changed=self.changed,
             actions=self.actions,
             label=self.label,
@@ -90,6 +93,38 @@ class TokenInitBackend(object):
             slot_id=slot.slot_id,
             user_pin_path=self.module.params['user_pin_path'],
         )
+        if self.backups:
+            result['backup_file'] = self.backups[os.path.abspath(self.module.params['user_pin_path'])]
+        if before is not None:
+            after = self._predicted(before) if self.check_mode else self._facts(slot, token)
+            result['diff'] = dict(before=before, after=after)
+        return result
+
+    def _facts(self, slot, token):
+        """What the diff shows of a token: label, serial, slot, flags, the version of the PIN token_init recorded.
+
+        Never a PIN: the version is the public name PinRecord keeps (new_user_pin_version).
+        """
+        initialised = bool(token.flags & TokenFlag.TOKEN_INITIALIZED)
+        record = PinRecord.read(self.library, token) if initialised else None
+        return dict(label=token.label if initialised else None, serial=token_serial(token), slot_id=slot.slot_id,
+                    initialized=initialised, user_pin_initialized=bool(token.flags & TokenFlag.USER_PIN_INITIALIZED),
+                    user_pin_locked=bool(token.flags & TokenFlag.USER_PIN_LOCKED),
+                    user_pin_version=record.version if record is not None and record.state == PinRecord.SET else None)
+
+    def _predicted(self, before):
+        """The facts after the actions check mode found; serial and slot of a token to initialise are not known yet."""
+        after = dict(before)
+        version = self.version if self.new_user_pin is not None else None
+        if any(action.endswith('initialise token') for action in self.actions):
+            after.update(label=self.label, serial=None, slot_id=None, initialized=True, user_pin_initialized=True,
+                         user_pin_locked=False, user_pin_version=version)
+        elif 'set user PIN' in self.actions:  # the SO sets new_user_pin (recorded with its version) or user_pin
+            after.update(user_pin_initialized=True,
+                         user_pin_version=version if self.new_user_pin is not None else before['user_pin_version'])
+        if set(self.actions) & {'change user PIN', 'reset user PIN as SO', 'record user PIN version'}:
+            after.update(user_pin_version=self.version, user_pin_locked=False)
+        return after
 
     def _select(self, library):
         """(slot, token) to work on: the token with the label, else the selected or first empty one."""
@@ -171,7 +206,7 @@ class TokenInitBackend(object):
         if pin == RANDOM_PIN:
             params = self.module.params
             pin = random_pin(params['user_pin_length'], params['user_pin_digits_only'])
-            staged = StagedFile(self.module, params['user_pin_path'], pin + '\n')
+            staged = StagedFile(self.module, params['user_pin_path'], pin + '\n', backups=self.backups)
         try:
             with TokenSession(self.library, token, rw=True, so_pin=self.so_pin) as session:
                 if record:  # first, so that a token that cannot keep the record is left as it was
