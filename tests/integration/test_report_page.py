@@ -402,3 +402,15 @@ def test_text_from_certificates_and_records_is_escaped(fleet_report, browser_pag
         == fleet_report['rows']['ws-markup']['subject']
     page.fill('#search', '<script')
     assert shown_hosts(page) == ['ws-markup']
+
+
+def test_the_placeholder_row_of_a_host_without_facts_renders():
+    """report.yml's row for a host whose facts could not be put together has host, status and last_error only."""
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    rows = [dict(host='ws-<odd>', status='missing', last_error="the report could not collect this host's certificate facts")]
+    shown = ReportPage(render_page(rows, now.strftime(TIME_FORMAT)))
+    assert shown.rows == {'ws-<odd>': dict(status='missing', failed=False, cells=[
+        'ws-<odd>', '', '', '', '', '', 'missing', "the report could not collect this host's certificate facts"])}
+    assert shown.tiles == {'': 1, 'expired': 0, 'missing': 1, 'pending': 0, 'expiring': 0, 'valid': 0, 'failed': 0}
+    assert shown.groups == {'unknown': [1, 0, 1, 0, 0, 0, 0]}
+    assert [bar['bar'] for bar in shown.bars] == ['expired'] and shown.bars[0]['count'] == 0
