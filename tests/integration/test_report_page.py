@@ -127,14 +127,20 @@ def shown_hosts(page):
                                                                    '.map(row => row.dataset.host)')
 
 
-def test_the_offline_guard_blocks_and_records_other_requests(browser, fleet_report):
-    """The route that keeps the browser offline sees a request that is not file:// (so an empty list means none)."""
+def test_the_page_asks_for_nothing_but_its_file(browser, fleet_report):
+    """Loaded and used (search, sort, filter, CSV), the page requests nothing; the guard that would have caught it does
+    see a request that is not file://, so its empty list means none was made."""
     with offline_context(browser) as (context, blocked):
         page = context.new_page()
         page.goto(fleet_report['url'])
+        page.fill('#search', 'ws-')
+        page.click('#hosts thead th[data-key=host] button')
+        page.select_option('#status-filter', 'valid')
+        with page.expect_download():
+            page.click('#csv')
+        assert blocked == []
         assert page.evaluate('fetch("http://127.0.0.1:9/probe").then(() => "loaded", () => "blocked")') == 'blocked'
-        page.close()
-    assert blocked == ['http://127.0.0.1:9/probe']
+        assert blocked == ['http://127.0.0.1:9/probe']
 
 
 def test_typing_a_host_name_leaves_that_row(fleet_report, browser_page):
@@ -167,7 +173,8 @@ def test_a_header_click_sorts(fleet_report, browser_page):
     page = browser_page
     rows = fleet_report['rows']
     page.click('#hosts thead th[data-key=days_left] button')
-    with_days = sorted((host for host in rows if rows[host]['days_left'] is not None), key=lambda host: (rows[host]['days_left'], fleet_report['order'].index(host)))
+    with_days = sorted((host for host in rows if rows[host]['days_left'] is not None),
+                       key=lambda host: (rows[host]['days_left'], fleet_report['order'].index(host)))
     without = [host for host in fleet_report['order'] if rows[host]['days_left'] is None]
     assert shown_hosts(page) == with_days + without
     assert page.get_attribute('#hosts thead th[data-key=days_left]', 'aria-sort') == 'ascending'
