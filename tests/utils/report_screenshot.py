@@ -10,7 +10,7 @@ is still valid). Runs playbooks/report.yml over it, opens the page in headless C
 tests do) and saves a screenshot of the top of the page: tiles, group counts, chart and the first rows.
 
   .venv/bin/python tests/utils/report_screenshot.py [--output docs/images/fleet-report.png] [--workstations 32]
-      [--printers 16] [--keep DIR]
+      [--printers 16] [--keep NEW_DIR]
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def make_fleet(directory: str, workstations: int, printers: int, seed: int = 202
         elif number == workstations + 5:
             write_state(path + '.scep.json', pending=pending_request((now - datetime.timedelta(hours=5)).strftime(TIME_FORMAT)))
         else:
-            days = rng.randint(-6, -1) if draw < 0.06 else rng.randint(2, 29) if draw < 0.2 else rng.randint(30, 364)
+            days = rng.randint(-6, -1) if number in (11, workstations + 9) else rng.randint(2, 29) if draw < 0.15 else rng.randint(30, 364)
             common_name = '192.0.2.%d' % (number - workstations) if printer else '%s.corp.example.com' % name
             write_certificate(path, ca, common_name, now + datetime.timedelta(days=days, hours=rng.randint(1, 23)),
                               organization='Example Corp')
@@ -80,13 +80,13 @@ def main() -> None:
     parser.add_argument('--output', default=os.path.join(REPO, 'docs', 'images', 'fleet-report.png'))
     parser.add_argument('--workstations', type=int, default=32)
     parser.add_argument('--printers', type=int, default=16)
-    parser.add_argument('--keep', help='make the fleet and the report in this directory and keep them')
+    parser.add_argument('--keep', help='make the fleet and the report in this new directory and keep them')
     args = parser.parse_args()
     if args.workstations < 20 or args.printers < 6:
         parser.error('--workstations must be at least 20 and --printers at least 6 (the fleet names hosts up to those)')
     with tempfile.TemporaryDirectory() as scratch:
         directory = args.keep or scratch
-        os.makedirs(directory, exist_ok=True)
+        os.makedirs(directory, exist_ok=not args.keep)
         inventory = make_fleet(directory, args.workstations, args.printers)
         out = os.path.join(directory, 'report')
         env = ansible_env()
