@@ -30,6 +30,9 @@ TEMPLATE = os.path.join(REPO_ROOT, 'playbooks', 'templates', 'fleet-report.html.
 TIME_FORMAT = '%Y-%m-%dT%H:%M:%SZ'
 STATUS_ORDER = ('expired', 'missing', 'pending', 'expiring', 'valid')
 CHROMIUM = '/usr/bin/chromium'
+# Playwright waits at most this long for a page to load or an element to appear (30 s by default): a 1,000-host page on a
+# busy two-core machine can take longer.
+PAGE_TIMEOUT_MS = 180_000
 # Keep Chromium from reaching out on its own: no background services, updates, sync, metrics, field trials,
 # safe-browsing lists, DNS prefetch or QUIC; --no-sandbox because the tests run as root.
 CHROMIUM_ARGS = (
@@ -225,6 +228,7 @@ def offline_context(browser: t.Any, **context_options: t.Any) -> t.Iterator[tupl
             request_route.abort()
 
     context = browser.new_context(**context_options)
+    context.set_default_timeout(PAGE_TIMEOUT_MS)
     try:
         context.route('**/*', route)
         yield context, blocked
