@@ -80,8 +80,8 @@ def fleet_report(tmp_path_factory):
     failure_record(str(tmp / 'device-keys' / 'mfp-3' / 'cert.pem.error.json'), failed_at,
                    'communication error: connection to ca.example.com:80 refused')
     inventory = tmp / 'inventory.yml'
-    inventory.write_text(yaml.safe_dump({'all': {'children': {'workstations': {'hosts': workstations},
-                                                               'printers': {'hosts': printers}}}}))
+    groups = {'workstations': {'hosts': workstations}, 'printers': {'hosts': printers}}
+    inventory.write_text(yaml.safe_dump({'all': {'children': groups}}))
     out = tmp / 'out'
     env = ansible_env()
     env.update(ANSIBLE_LOCAL_TEMP=str(tmp / 'ansible-local-tmp'), ANSIBLE_REMOTE_TEMP=str(tmp / 'ansible-remote-tmp'))
