@@ -115,7 +115,7 @@ def fabricate_rows(count: int, generated_at: datetime.datetime, seed: int = 13) 
                        serial='%x' % rng.getrandbits(120), not_before=(not_after - datetime.timedelta(days=365)).strftime(TIME_FORMAT),
                        not_after=not_after.strftime(TIME_FORMAT), days_left=(not_after - generated_at).days,
                        expiry_week='%04d-W%02d' % not_after.isocalendar()[:2],
-                       fingerprint_sha256=':'.join('%02x' % rng.getrandbits(8) for _ in range(32)),
+                       fingerprint_sha256=':'.join('%02x' % byte for byte in rng.randbytes(32)),
                        status='expired' if not_after < generated_at else 'expiring' if days < 30 else 'valid')
         if rng.random() < 0.06:
             failed_at = (generated_at - datetime.timedelta(hours=rng.randint(1, 48))).strftime(TIME_FORMAT)

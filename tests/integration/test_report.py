@@ -223,22 +223,22 @@ def test_html_loads_in_headless_chromium_and_shows_every_host(fleet, report, tmp
     parsed = ReportPage(dom)
     assert dict((host, row['status']) for host, row in parsed.rows.items()) == fleet['expected'], parsed.rows
     assert '<svg id="expiry-chart"' in dom
-    bars = dict((bar['bar'], bar) for bar in parsed.bars)
+    bars = dict((column['bar'], column) for column in parsed.bars)
     # One rectangle per status that a bar counts; the bars from the earliest certificate's days left (0: the
     # 24-hour ones) to the latest (ws-valid's 200), one after the other, each holding the certificates of its range.
-    for bar in parsed.bars:
-        assert bar['rects'] == len([status for status in ('expired', 'pending', 'expiring', 'valid') if bar[status]]), bar
-        assert bar['count'] == sum(bar[status] for status in ('expired', 'pending', 'expiring', 'valid')), bar
+    for column in parsed.bars:
+        assert column['rects'] == len([status for status in ('expired', 'pending', 'expiring', 'valid') if column[status]]), column
+        assert column['count'] == sum(column[status] for status in ('expired', 'pending', 'expiring', 'valid')), column
     assert bars['expired']['count'] == 1
-    assert sum(bar['count'] for bar in parsed.bars) == len(fleet['not_after'])
-    ranges = [(bar['from'], bar['to']) for bar in parsed.bars if bar['bar'] != 'expired']
+    assert sum(column['count'] for column in parsed.bars) == len(fleet['not_after'])
+    ranges = [(column['from'], column['to']) for column in parsed.bars if column['bar'] != 'expired']
     assert ranges[0][0] == 0 and ranges[-1][0] <= 200 <= ranges[-1][1], ranges
     assert all(later[0] == earlier[1] + 1 for earlier, later in zip(ranges, ranges[1:])), ranges
     for host, not_after in fleet['not_after'].items():
         days = report['rows'][host]['days_left']
         if days >= 0:
-            assert [bar for bar in parsed.bars if bar['bar'] != 'expired' and bar['from'] <= days <= bar['to']][0]['count'] >= 1
-    assert [bar['count'] for bar in parsed.bars if bar['bar'] != 'expired' and bar['from'] <= 200 <= bar['to']] == [1]
+            assert [column for column in parsed.bars if column['bar'] != 'expired' and column['from'] <= days <= column['to']][0]['count'] >= 1
+    assert [column['count'] for column in parsed.bars if column['bar'] != 'expired' and column['from'] <= 200 <= column['to']] == [1]
 
     screenshot = tmp_path / 'fleet-report.png'
     run('--screenshot=%s' % screenshot, '--window-size=1400,1900', '--hide-scrollbars')

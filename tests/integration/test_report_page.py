@@ -325,16 +325,16 @@ def test_a_thousand_hosts_fill_a_screen_with_at_least_20_rows(browser, tmp_path)
 def chart_agrees_with_tiles(shown, rows):
     """The bars' status segments add up to the tiles; every certificate is in the bar of its days left."""
     for status in ('expired', 'expiring', 'valid'):
-        assert sum(bar[status] for bar in shown.bars) == shown.tiles[status], status
+        assert sum(column[status] for column in shown.bars) == shown.tiles[status], status
     pending_with_certificate = [row for row in rows if row['status'] == 'pending' and row['days_left'] is not None]
-    assert sum(bar['pending'] for bar in shown.bars) == len(pending_with_certificate)
-    assert sum(bar['count'] for bar in shown.bars) == len([row for row in rows if row['days_left'] is not None])
-    for bar in shown.bars:
-        assert bar['count'] == sum(bar[status] for status in CHARTED)
+    assert sum(column['pending'] for column in shown.bars) == len(pending_with_certificate)
+    assert sum(column['count'] for column in shown.bars) == len([row for row in rows if row['days_left'] is not None])
+    for column in shown.bars:
+        assert column['count'] == sum(column[status] for status in CHARTED)
     for row in rows:
         if row['days_left'] is not None and row['days_left'] >= 0:
-            covering = [bar for bar in shown.bars if bar['bar'] == 'later' and row['days_left'] >= bar['from']
-                        or bar['bar'] not in ('later', 'expired') and bar['from'] <= row['days_left'] <= bar['to']]
+            covering = [column for column in shown.bars if column['bar'] == 'later' and row['days_left'] >= column['from']
+                        or column['bar'] not in ('later', 'expired') and column['from'] <= row['days_left'] <= column['to']]
             assert len(covering) == 1, row
 
 
@@ -343,12 +343,12 @@ def test_the_chart_agrees_with_the_tiles_in_the_browser(fleet_report, browser_pa
     rows = list(fleet_report['rows'].values())
     chart_agrees_with_tiles(shown, rows)
     assert shown.tiles['expired'] == 1 and shown.tiles['expiring'] == 2 and shown.tiles['valid'] == 5
-    bars = [bar for bar in shown.bars if bar['bar'] != 'expired']
+    bars = [column for column in shown.bars if column['bar'] != 'expired']
     # From the earliest certificate (mfp-3, 5 days) to the latest (ws-hotel, 300 days): 43 weeks are more than the
     # 40 bars a chart has, so 2-week bars.
     assert bars[0]['from'] <= 5 <= bars[0]['to'] and bars[-1]['from'] <= 300 <= bars[-1]['to']
-    assert len(set(bar['to'] - bar['from'] for bar in bars)) == 1 and bars[0]['to'] - bars[0]['from'] == 13
-    assert 'later' not in [bar['bar'] for bar in bars]
+    assert len(set(column['to'] - column['from'] for column in bars)) == 1 and bars[0]['to'] - bars[0]['from'] == 13
+    assert 'later' not in [column['bar'] for column in bars]
     warn = browser_page.locator('#expiry-chart g.warn')
     assert warn.get_attribute('data-days') == '30' and warn.text_content().strip() == '30 days'
 
@@ -371,17 +371,17 @@ def test_the_chart_spans_the_real_range_and_agrees_with_the_tiles(spread, warn_d
             row.update(days_left=0, status='expiring' if index % 3 else 'valid')
     shown = ReportPage(render_page(rows, now.strftime(TIME_FORMAT), warn_days=warn_days, chart_weeks=chart_weeks))
     chart_agrees_with_tiles(shown, rows)
-    bars = [bar for bar in shown.bars if bar['bar'] not in ('expired', 'later')]
-    assert all(bar['to'] - bar['from'] + 1 == size for bar in bars), bars
+    bars = [column for column in shown.bars if column['bar'] not in ('expired', 'later')]
+    assert all(column['to'] - column['from'] + 1 == size for column in bars), bars
     lowest = min(row['days_left'] for row in certified if row['days_left'] >= 0)
     highest = max(row['days_left'] for row in certified)
     assert bars[0]['from'] <= lowest <= bars[0]['to'] and bars[0]['count'] > 0
     assert len(shown.bars) <= 42
     if chart_weeks * 7 > highest - lowest:
         assert bars[-1]['from'] <= highest <= bars[-1]['to'] and bars[-1]['count'] > 0
-        assert 'later' not in [bar['bar'] for bar in shown.bars]
+        assert 'later' not in [column['bar'] for column in shown.bars]
     else:
-        later = [bar for bar in shown.bars if bar['bar'] == 'later']
+        later = [column for column in shown.bars if column['bar'] == 'later']
         assert later[0]['count'] == len([row for row in certified if row['days_left'] >= later[0]['from']]) > 0
         assert bars[-1]['to'] < lowest + chart_weeks * 7 + size
     if spread == 'a year left':
@@ -420,4 +420,4 @@ def test_the_placeholder_row_of_a_host_without_facts_renders():
         'ws-<odd>', '', '', '', '', '', 'missing', "the report could not collect this host's certificate facts"])}
     assert shown.tiles == {'': 1, 'expired': 0, 'missing': 1, 'pending': 0, 'expiring': 0, 'valid': 0, 'failed': 0}
     assert shown.groups == {'unknown': [1, 0, 1, 0, 0, 0, 0]}
-    assert [bar['bar'] for bar in shown.bars] == ['expired'] and shown.bars[0]['count'] == 0
+    assert [column['bar'] for column in shown.bars] == ['expired'] and shown.bars[0]['count'] == 0
