@@ -48,6 +48,8 @@ BENCH_REPORT_SIZES ?= 100,1000
 BENCH_REPORT_BASELINE ?=
 
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS_ROOT)
+# The report page's browser tests use Debian's chromium: pip's playwright must never fetch a browser of its own.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 .PHONY: help deps debian-packages sanity lint units integration test demo bench clean
 

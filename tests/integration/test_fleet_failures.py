@@ -16,6 +16,7 @@ import yaml
 from cryptography import x509
 
 from harness import REPO_ROOT, free_port, random_pin, venv_tool
+from report_page import ReportPage
 
 PROVISION = [
     {'name': 'Workstations', 'hosts': 'workstations', 'gather_facts': False, 'roles': ['tokenfleet.pki.token_certificate']},
@@ -119,7 +120,12 @@ def test_broken_hosts_fail_alone_and_the_report_says_why(micromdm, token, tmp_pa
         assert rows[host]['failed_at'] == record['time']
         # Why, and nothing else: a certificate that was never issued is no second error.
         assert rows[host]['last_error'] == 'the last run failed at %s: %s' % (record['time'], record['reason'])
-    assert page.count('the last run failed at') == 2
+    # The page's table says it in the two rows and nowhere else, and marks those rows as failed runs.
+    shown = ReportPage(page).rows
+    assert dict((host, row['cells'][-1]) for host, row in shown.items() if 'the last run failed at' in row['cells'][-1]) == \
+        dict((host, rows[host]['last_error']) for host in ('mfp-2', 'ws-broken'))
+    assert sorted(host for host, row in shown.items() if row['failed']) == ['mfp-2', 'ws-broken']
+    assert ReportPage(page).tiles['failed'] == 2
     assert 'refused (is the SCEP server running?)' in page
 
     # Fixed: the next run enrolls the broken hosts and forgets their failures.
@@ -137,3 +143,5 @@ def test_broken_hosts_fail_alone_and_the_report_says_why(micromdm, token, tmp_pa
     assert [rows[host]['status'] for host in sorted(rows)] == ['valid'] * 5
     assert [row['last_error'] for row in rows.values()] == [None] * 5
     assert 'the last run failed' not in page
+    assert ReportPage(page).tiles['failed'] == 0
+    assert not [host for host, row in ReportPage(page).rows.items() if row['failed'] or row['cells'][-1]]

@@ -14,7 +14,6 @@ addresses are in TEST-NET-1, so a printer the report tried to contact would show
 from __future__ import annotations
 
 import datetime
-import html.parser
 import json
 import os
 import re
@@ -23,82 +22,15 @@ import subprocess
 
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from harness import REPO_ROOT, ansible_env, free_port, make_test_ca, venv_tool
+from report_page import ReportPage, pending_request, write_certificate, write_state
 
 PLAYBOOK = os.path.join(REPO_ROOT, 'playbooks', 'report.yml')
 SCREENSHOT_COPY = os.path.join(REPO_ROOT, '.tmp', 'report-test')
 CHROMIUM_TIMEOUT = 120
 TIME_FORMAT = '%Y-%m-%dT%H:%M:%SZ'
 HALF_DAY = datetime.timedelta(hours=12)
-
-
-def write_certificate(path, ca, common_name, not_after, organization='tokenfleet test', lifetime=datetime.timedelta(days=365)):
-    """A certificate 'CN=<common_name>,O=<organization>' by the test CA, valid for ``lifetime`` until ``not_after``."""
-    ca_key, ca_cert = ca
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization)])
-    certificate = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_cert.subject)
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(not_after - lifetime).not_valid_after(not_after)
-                   .sign(ca_key, hashes.SHA256()))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, 'wb') as output:
-        output.write(certificate.public_bytes(serialization.Encoding.PEM))
-        output.write(ca_cert.public_bytes(serialization.Encoding.PEM))  # a chain after it: only the first counts
-    return certificate
-
-
-def write_state(path, pending=None, history=()):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, 'w', encoding='utf-8') as output:
-        json.dump(dict(version=1, pending=pending, history=list(history)), output, indent=2)
-
-
-def pending_request(started_at):
-    return dict(transaction_id='a1' * 20, message_type='PKCSReq', request='3082', signer_certificate='',
-                rekey=True, action='enroll', started_at=started_at)
-
-
-class DomRows(html.parser.HTMLParser):
-    """Hosts and status badges of the table rows, and the SVG bars, in a DOM Chromium dumped."""
-
-    def __init__(self):
-        super().__init__()
-        self.rows = {}
-        self.bars = []
-        self.rects = 0
-        self.svg = False
-        self._host = None
-        self._badge = False
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if tag == 'tr' and 'data-host' in attrs:
-            self._host = attrs['data-host']
-            self.rows[self._host] = None
-        elif tag == 'span' and 'badge' in (attrs.get('class') or '').split() and self._host:
-            self._badge = True
-        elif tag == 'svg' and attrs.get('id') == 'expiry-chart':
-            self.svg = True
-        elif tag == 'g' and 'data-week' in attrs:
-            self.bars.append((attrs['data-week'], int(attrs['data-count'])))
-        elif tag == 'rect':
-            self.rects += 1
-
-    def handle_data(self, data):
-        if self._badge:
-            self.rows[self._host] = data.strip()
-            self._badge = False
-
-    def handle_endtag(self, tag):
-        if tag == 'tr':
-            self._host = None
 
 
 @pytest.fixture(scope='module')
@@ -264,8 +196,10 @@ def test_rows_are_most_urgent_first(report):
 def test_html_is_self_contained(report):
     page = report['html'].read_text(encoding='utf-8')
     assert page.startswith('<!DOCTYPE html>')
-    for reference in ('<script', '<link', '@import', 'url(', 'src=', 'http://', 'https://'):
+    for reference in ('<link', '@import', 'url(', 'src=', 'http://', 'https://', '<iframe', '<object', '<embed'):
         assert reference not in page, reference
+    # Inline only: the rows as JSON and the script that searches, sorts, filters and makes the CSV.
+    assert re.findall(r'<script[^>]*>', page) == ['<script type="application/json" id="report-data">', '<script>']
 
 
 def test_html_loads_in_headless_chromium_and_shows_every_host(fleet, report, tmp_path):
@@ -286,15 +220,25 @@ def test_html_loads_in_headless_chromium_and_shows_every_host(fleet, report, tmp
         return completed
 
     dom = run('--dump-dom').stdout
-    parsed = DomRows()
-    parsed.feed(dom)
-    assert parsed.rows == fleet['expected'], parsed.rows
-    assert parsed.svg
-    bars = dict(parsed.bars)
-    assert parsed.rects == len(parsed.bars) >= 13
-    assert bars['expired'] == 1
-    assert sum(bars.values()) == len(fleet['not_after'])
-    assert bars[report['rows']['ws-valid']['expiry_week']] == 1
+    parsed = ReportPage(dom)
+    assert dict((host, row['status']) for host, row in parsed.rows.items()) == fleet['expected'], parsed.rows
+    assert '<svg id="expiry-chart"' in dom
+    bars = dict((column['bar'], column) for column in parsed.bars)
+    # One rectangle per status that a bar counts; the bars from the earliest certificate's days left (0: the
+    # 24-hour ones) to the latest (ws-valid's 200), one after the other, each holding the certificates of its range.
+    for column in parsed.bars:
+        assert column['rects'] == len([status for status in ('expired', 'pending', 'expiring', 'valid') if column[status]]), column
+        assert column['count'] == sum(column[status] for status in ('expired', 'pending', 'expiring', 'valid')), column
+    assert bars['expired']['count'] == 1
+    assert sum(column['count'] for column in parsed.bars) == len(fleet['not_after'])
+    ranges = [(column['from'], column['to']) for column in parsed.bars if column['bar'] != 'expired']
+    assert ranges[0][0] == 0 and ranges[-1][0] <= 200 <= ranges[-1][1], ranges
+    assert all(later[0] == earlier[1] + 1 for earlier, later in zip(ranges, ranges[1:])), ranges
+    for host, not_after in fleet['not_after'].items():
+        days = report['rows'][host]['days_left']
+        if days >= 0:
+            assert [column for column in parsed.bars if column['bar'] != 'expired' and column['from'] <= days <= column['to']][0]['count'] >= 1
+    assert [column['count'] for column in parsed.bars if column['bar'] != 'expired' and column['from'] <= 200 <= column['to']] == [1]
 
     screenshot = tmp_path / 'fleet-report.png'
     run('--screenshot=%s' % screenshot, '--window-size=1400,1900', '--hide-scrollbars')

@@ -248,8 +248,8 @@ def test_scep_enroll_with_an_rsa_token_key_four_run_then_renewalreq(stepca, toke
                 pkcs11_module=hsm.module, token_label=token['label'], user_pin=token['user'], key_label='vpn',
                 store_on_token=True, certificate_path=str(tmp_path / 'cert.pem'), common_name='ws01.example.com',
                 renewal_message='renewalreq')
-    key = module_task('token_key', 'key', dict(pkcs11_module=hsm.module, token_label=token['label'], user_pin=token['user'],
-                                                label='vpn', type='rsa', size=2048))
+    key = module_task('token_key', 'key', dict(pkcs11_module=hsm.module, token_label=token['label'],
+                                               user_pin=token['user'], label='vpn', type='rsa', size=2048))
     run = run_playbook([key] + four_run_tasks('scep_enroll', args)
                        + [module_task('scep_enroll', 'renew', dict(args, force=True))], verbosity=3)
     assert_four_run(run, FOUR_RUN)
