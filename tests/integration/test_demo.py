@@ -19,6 +19,7 @@ import pytest
 from cryptography import x509
 
 from harness import REPO_ROOT, ansible_env, free_port, venv_tool
+from report_page import ReportPage
 from stepca import issued_certificates, scep_requests
 
 STOP_SCRIPT = os.path.join(REPO_ROOT, 'playbooks', 'files', 'demo-stop-ca.sh')
@@ -143,7 +144,7 @@ def test_demo_goes_on_without_a_failing_host_reports_it_and_fails_at_the_end(tmp
     verdict = ('2 of 4 hosts failed: ws-002, mfp-001 (the reasons are above and in %s/report/fleet-report.html)'
                % os.path.realpath(tmp_path))
     # ... after the CA was stopped and the report written.
-    assert (output.index('stopped step-ca (PID') < output.index('fleet-report.html and fleet-report.json: 4 hosts')
+    assert (output.index('stopped step-ca (PID') < output.index('fleet-report.html, fleet-report.json and tokenfleet.prom: 4 hosts')
             < output.index(verdict)), output[-3000:]
     # The report was written, with a row for every host; the failing ones say why.
     report = json.loads((tmp_path / 'report' / 'fleet-report.json').read_text())
@@ -157,8 +158,11 @@ def test_demo_goes_on_without_a_failing_host_reports_it_and_fails_at_the_end(tmp
     for host in ('ws-001', 'mfp-002'):
         assert rows[host]['status'] == 'valid' and rows[host]['last_error'] is None
         assert rows[host]['serial'] == '%x' % host_certificate(tmp_path, host).serial_number
-    html = (tmp_path / 'report' / 'fleet-report.html').read_text()
-    assert 'ws-002' in html and 'mfp-001' in html and html.count('connection to 127.0.0.1:1 refused') == 2
+    page = ReportPage((tmp_path / 'report' / 'fleet-report.html').read_text())
+    assert dict((host, row['cells'][-1]) for host, row in page.rows.items() if refused in row['cells'][-1]) == \
+        dict((host, rows[host]['last_error']) for host in ('ws-002', 'mfp-001'))
+    assert sorted(host for host, row in page.rows.items() if row['failed']) == ['mfp-001', 'ws-002']
+    assert page.tiles['failed'] == 2
     # The CA was stopped by its PID, also though hosts failed.
     assert_stepca_stopped(tmp_path, output, port)
     assert_secrets_kept(tmp_path, output)
