@@ -125,16 +125,29 @@ def remove_file(path):
     return True
 
 
-def _stage(module, path, content):
-    """A temp file (see staged_prefix) beside ``path`` holding ``content``, mode 0600, on disk; its name."""
+def stage(path, content, mode=0o600):
+    """A temp file (see staged_prefix) beside ``path`` holding ``content``, on disk; its name.
+
+    The mode is set before any content is written, so the content is never visible with another mode. For writers
+    without a module (the fleet report's action plugin) as well as for modules (see _stage()).
+    """
     fd, tmp_path = tempfile.mkstemp(prefix=staged_prefix(path), dir=os.path.dirname(os.path.abspath(path)))
-    module.add_cleanup_file(tmp_path)
     try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, content if isinstance(content, bytes) else content.encode('utf-8'))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        with os.fdopen(fd, 'wb') as handle:
+            os.fchmod(handle.fileno(), mode)
+            handle.write(content if isinstance(content, bytes) else content.encode('utf-8'))
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        os.unlink(tmp_path)
+        raise
+    return tmp_path
+
+
+def _stage(module, path, content):
+    """stage() at mode 0600, removed by the module when it exits (also when it fails)."""
+    tmp_path = stage(path, content)
+    module.add_cleanup_file(tmp_path)
     return tmp_path
 
 

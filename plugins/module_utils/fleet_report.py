@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import tempfile
 
 from ansible.module_utils.common.text.converters import to_bytes
 
@@ -248,8 +247,8 @@ def replace_file(path, content, mode=0o644, check_mode=False):
     """Make ``path`` hold ``content`` (bytes or text) with ``mode``, replacing it atomically on the controller; True
     when anything changed (in check mode: would change; nothing is written).
 
-    As module_utils/files writes on hosts: a temp file named by files.staged_prefix() in the same directory gets
-    the mode, the content and an fsync, then a rename puts it in place and the directory is synced, so a reader
+    As module_utils/files writes on hosts: files.stage() makes a temp file in the same directory with the mode,
+    the content and an fsync, then a rename puts it in place and the directory is synced, so a reader
     (node_exporter, a web server) sees the old file or the new one, never a part. Temp files a killed run left
     for ``path`` are removed first.
     """
@@ -272,19 +271,13 @@ def replace_file(path, content, mode=0o644, check_mode=False):
             return True
         files.check_destination(path, 'the report file')
         files.remove_leftovers(path)
-        fd, tmp_path = tempfile.mkstemp(prefix=files.staged_prefix(path), dir=os.path.dirname(os.path.abspath(path)))
+        tmp_path = files.stage(path, content, mode)
     except OSError as exc:
         raise ReportError('%s cannot be written: %s' % (path, exc.strerror or exc))
     try:
-        with os.fdopen(fd, 'wb') as handle:
-            os.fchmod(handle.fileno(), mode)
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
         os.replace(tmp_path, path)
     except OSError as exc:
-        if os.path.exists(tmp_path):
-            os.unlink(tmp_path)
+        os.unlink(tmp_path)
         raise ReportError('%s cannot be written: %s' % (path, exc.strerror or exc))
     files.fsync_directory(path)
     return True
