@@ -125,8 +125,8 @@ def main() -> int:
         log('  %-12s %-42s %s' % (label, versions, outcome))
     passed = [label for label, dummy, outcome in results if outcome == 'passed']
     failed = [label for label, dummy, outcome in results if outcome != 'passed']
-    not_found = ', '.join(item.version for item in missing) or 'none'
-    log('unit tests ran on %s: %d passed%s; not found, so not tested: Python %s' % (
+    not_found = '; not found, so not tested: Python %s' % ', '.join(item.version for item in missing) if missing else ''
+    log('unit tests ran on %s: %d passed%s%s' % (
         ', '.join(label for label, dummy, dummy2 in results), len(passed),
         ', FAILED on %s' % ', '.join(failed) if failed else '', not_found))
     return 0 if not failed else 1
