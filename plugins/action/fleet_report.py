@@ -13,13 +13,14 @@ from ansible.errors import AnsibleActionFail, AnsibleError
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.tokenfleet.pki.plugins.module_utils import fleet_report
+from ansible_collections.tokenfleet.pki.plugins.module_utils import fleet_report, report_page
 from ansible_collections.tokenfleet.pki.plugins.module_utils.common import PkiError
 
 try:  # ansible-core 2.19 renders only text marked as a trusted template
     from ansible.template import trust_as_template
-except ImportError:  # ansible-core < 2.19
+except ImportError:  # ansible-core < 2.19, which templates variables' text again unless it is marked unsafe
     trust_as_template = None
+    from ansible.utils.unsafe_proxy import wrap_var
 
 
 class ActionModule(ActionBase):
@@ -39,7 +40,7 @@ class ActionModule(ActionBase):
     def _render(self, source, task_vars, variables):
         searchpath = list(task_vars.get('ansible_search_path', [])) + [self._loader._basedir, os.path.dirname(source)]
         searchpath = [path for base in searchpath for path in (os.path.join(base, 'templates'), base)]
-        template_vars = dict(task_vars, **variables)
+        template_vars = dict(task_vars, **(variables if trust_as_template else wrap_var(variables)))
         templar = self._templar.copy_with_new_env(searchpath=searchpath, available_variables=template_vars)
         text = self._loader.get_text_file_contents(source) if trust_as_template else to_text(
             self._loader._get_file_contents(source)[0])
@@ -75,9 +76,8 @@ class ActionModule(ActionBase):
         step('sort')
         document = fleet_report.json_report(args['generated_at'], args['warn_days'], rows)
         step('json')
-        html = self._render(source, task_vars, dict(report_rows=rows, report_generated_at=args['generated_at'],
-                                                    report_warn_days=args['warn_days'],
-                                                    report_chart_weeks=args['chart_weeks']))
+        html = self._render(source, task_vars, report_page.template_variables(
+            rows, args['generated_at'], args['warn_days'], args['chart_weeks']))
         step('html')
         contents = (document, html, fleet_report.prometheus_text(args['generated_at'], rows))
         step('prometheus')

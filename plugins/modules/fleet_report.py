@@ -58,19 +58,24 @@ options:
     required: true
   warn_days:
     description:
-      - Weeks of the HTML chart that start within this many days are coloured as expiring; written as C(warn_days).
+      - The HTML chart draws this many days left as a dashed line, and the table highlights the days left of
+        certificates that expire sooner; bars and tiles count by status either way. Written to the JSON file as
+        C(warn_days).
     type: int
     default: 30
   chart_weeks:
     description:
-      - How many ISO weeks from the current one the HTML chart shows.
+      - How far the HTML chart reaches, in weeks from the earliest unexpired certificate; later expiries share a
+        last C(later) bar. The bars are a day, a week, or wider, whatever keeps them at 40 or fewer.
     type: int
     default: 52
   template:
     description:
       - The Jinja2 template of C(fleet-report.html), looked up like M(ansible.builtin.template)'s C(src) (the
-        C(templates) directory next to the playbook first). It gets the task's variables and C(report_rows) (most
-        urgent first), C(report_generated_at), C(report_warn_days) and C(report_chart_weeks).
+        C(templates) directory next to the playbook first). It gets the task's variables, C(report_rows) (most
+        urgent first), C(report_generated_at), C(report_warn_days), C(report_chart_weeks) and C(report_page) (the
+        rows with every field, the tiles, the counts per group, the expiry chart's bars and the rows as JSON for a
+        script, worked out in one pass over the rows).
     type: str
     default: fleet-report.html.j2
 seealso:

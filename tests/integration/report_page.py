@@ -17,6 +17,7 @@ import html.parser
 import json
 import os
 import random
+import sys
 import typing as t
 
 from cryptography import x509
@@ -24,7 +25,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from harness import REPO_ROOT
+from harness import REPO_ROOT, ensure_collection_link
+
+if ensure_collection_link() not in sys.path:  # render_page() uses the collection's own page model
+    sys.path.insert(0, ensure_collection_link())
 
 TEMPLATE = os.path.join(REPO_ROOT, 'playbooks', 'templates', 'fleet-report.html.j2')
 TIME_FORMAT = '%Y-%m-%dT%H:%M:%SZ'
@@ -74,17 +78,18 @@ def pending_request(started_at):
 
 def render_page(rows: list[dict[str, t.Any]], generated_at: str, warn_days: int = 30, chart_weeks: int = 52,
                 template: str = TEMPLATE) -> str:
-    """The page for these rows, rendered like ansible.builtin.template does (trusted template, trim_blocks)."""
+    """The page for these rows, rendered as the fleet_report action renders it (its variables, a trusted template)."""
     # pylint: disable=import-outside-toplevel
     from ansible.parsing.dataloader import DataLoader
     from ansible.template import Templar, trust_as_template
 
     with open(template, encoding='utf-8') as source:
         data = trust_as_template(source.read())
-    variables = dict(report_rows=rows, report_generated_at=generated_at, report_warn_days=warn_days,
-                     report_chart_weeks=chart_weeks)
+    from ansible_collections.tokenfleet.pki.plugins.module_utils.report_page import template_variables
+
+    variables = template_variables(rows, generated_at, warn_days, chart_weeks)
     templar = Templar(loader=DataLoader(), variables=variables)
-    return templar.template(data, escape_backslashes=False, overrides=dict(trim_blocks=True, lstrip_blocks=False))
+    return templar.template(data, escape_backslashes=False)
 
 
 def fabricate_rows(count: int, generated_at: datetime.datetime, seed: int = 13) -> list[dict[str, t.Any]]:
