@@ -79,9 +79,9 @@ def chart(rows, generated, warn_days, chart_weeks):
     keys = ['expired'] + (list(range(first, last + 1)) if unexpired else [])
     bars = dict((key, dict(dict.fromkeys(CHARTED, 0), hosts=[])) for key in keys + ['later'])
     for host, days, status in charted:
-        bar = bars['expired' if days < 0 else 'later' if days // size > last else days // size]
-        bar[status] += 1
-        bar['hosts'].append(host)
+        column = bars['expired' if days < 0 else 'later' if days // size > last else days // size]
+        column[status] += 1
+        column['hosts'].append(host)
     if bars['later']['hosts']:
         keys.append('later')
     highest = max([1] + [len(bars[key]['hosts']) for key in keys])
@@ -90,22 +90,22 @@ def chart(rows, generated, warn_days, chart_weeks):
              for value in range(0, highest + 1, (highest + 3) // 4)]
     drawn = []
     for index, key in enumerate(keys):
-        bar = bars[key]
-        total = len(bar['hosts'])
+        column = bars[key]
+        total = len(column['hosts'])
         x = LEFT + index * STEP + (STEP - BAR_WIDTH) / 2
         label, from_days, to_days, what = _bar_text(key, size, last, generated)
-        counts = ', '.join('%s %d' % (status, bar[status]) for status in CHARTED if bar[status])
+        counts = ', '.join('%s %d' % (status, column[status]) for status in CHARTED if column[status])
         title = '%d certificate%s %s' % (total, '' if total == 1 else 's', what) + (': ' + counts if counts else '')
         if total:
-            title += '\n' + ', '.join(bar['hosts'][:HOSTS_IN_TITLE]) + (
+            title += '\n' + ', '.join(column['hosts'][:HOSTS_IN_TITLE]) + (
                 ' and %d more' % (total - HOSTS_IN_TITLE) if total > HOSTS_IN_TITLE else '')
         rects, y = [], TOP + PLOT
         for status in CHARTED:
-            if bar[status]:
-                height = bar[status] * PLOT / highest
+            if column[status]:
+                height = column[status] * PLOT / highest
                 rects.append(dict(status=status, x=_px(x), y=_px(y - height), height=_px(height)))
                 y -= height
-        drawn.append(dict(key=key, from_days=from_days, to_days=to_days, total=total, counts=[bar[status] for status in CHARTED],
+        drawn.append(dict(key=key, from_days=from_days, to_days=to_days, total=total, counts=[column[status] for status in CHARTED],
                           title=title, rects=rects, count_x=_px(x + BAR_WIDTH / 2), count_y=_px(y - 3) if total else None,
                           label=label, label_x=_px(x + BAR_WIDTH / 2 + 3)))
     warn = None

@@ -37,10 +37,10 @@ def test_tiles_groups_and_failed_runs_are_counted_once_each():
 def test_every_charted_host_is_in_one_bar_and_the_colours_add_up_to_the_tiles():
     rows = fleet() + [row('ok-%d' % number, 'valid', number * 7) for number in range(3, 60)]
     chart = report_page.page(rows, GENERATED, 30, 52)['chart']
-    totals = [sum(bar['counts'][index] for bar in chart['bars']) for index in range(len(report_page.CHARTED))]
+    totals = [sum(column['counts'][index] for column in chart['bars']) for index in range(len(report_page.CHARTED))]
     charted = [entry for entry in rows if entry['status'] in report_page.CHARTED and entry['days_left'] is not None]
     assert totals == [len([entry for entry in charted if entry['status'] == status]) for status in report_page.CHARTED]
-    assert sum(bar['total'] for bar in chart['bars']) == len(charted)
+    assert sum(column['total'] for column in chart['bars']) == len(charted)
     assert chart['hosts_without'] == 2 and len(chart['bars']) <= report_page.MAX_BARS + 2
     assert chart['bars'][0]['key'] == 'expired' and chart['bars'][0]['total'] == 1
     later = chart['bars'][-1]
@@ -51,7 +51,7 @@ def test_a_fleet_with_a_year_left_gets_daily_bars_over_its_real_range():
     rows = [row('ok-%d' % number, 'valid', 360 + number % 6) for number in range(30)]
     chart = report_page.page(rows, GENERATED, 30, 52)['chart']
     assert chart['size_text'] == 'day'
-    assert [bar['from_days'] for bar in chart['bars']] == ['', 360, 361, 362, 363, 364, 365]
+    assert [column['from_days'] for column in chart['bars']] == ['', 360, 361, 362, 363, 364, 365]
     assert chart['warn'] is None  # 30 days is outside 360..365: the legend says so
     assert chart['bars'][1]['label'] == '2027-11-26' and chart['bars'][1]['title'].startswith('5 certificates with 360 days left')
 
@@ -67,4 +67,4 @@ def test_a_placeholder_row_gets_every_field_and_the_json_is_safe_in_a_script():
     assert shown['rows'] == [dict(dict.fromkeys(report_page.FIELDS), **rows[0])]
     assert not set('<>&') & set(shown['data_json'])
     assert json.loads(shown['data_json']) == dict(generated_at=GENERATED, fields=list(report_page.FIELDS), rows=shown['rows'])
-    assert [bar['key'] for bar in shown['chart']['bars']] == ['expired'] and shown['chart']['hosts_without'] == 1
+    assert [column['key'] for column in shown['chart']['bars']] == ['expired'] and shown['chart']['hosts_without'] == 1
