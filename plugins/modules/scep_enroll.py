@@ -349,7 +349,7 @@ chain_backup_file:
   returned: when O(backup=true) and O(chain_path) was replaced
   type: str
 pkcs12_path:
-  description: The O(pkcs12_path) option, when it is set; RV(changed) is V(true) when the bundle was (or in check mode
+  description: The O(pkcs12_path) option, when it is set; C(changed) is V(true) when the bundle was (or in check mode
     would be) written.
   returned: when O(pkcs12_path) is set
   type: str

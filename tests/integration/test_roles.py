@@ -207,7 +207,9 @@ def test_device_certificate_role_leaves_exactly_its_files_and_cleans_what_a_kill
         assert server.pkioperation_count() == requests, case
         dummy, packed, dummy2 = pkcs12.load_key_and_certificates((keys / 'bundle.p12').read_bytes(), passphrase.encode())
         assert packed.public_bytes(serialization.Encoding.PEM) == (keys / 'cert.pem').read_bytes(), case
-    assert changed_tasks(run) == ['Certificate for the device from the SCEP CA (enrolled, renewed or left alone)',
-                                  'Remember which certificate the device has', 'Restart']
+    assert changed_tasks(run) == ['Remove the bundle.p12.new an older version of the role left',
+                                  'Certificate for the device from the SCEP CA (enrolled, renewed or left alone)',
+                                  'Copy the certificate, chain and bundle', 'Remember which certificate the device has',
+                                  'Restart']
     assert (tmp_path / 'out' / 'localhost' / 'bundle.p12').read_bytes() == (keys / 'bundle.p12').read_bytes()
     assert marker.read_text() == 'restarted\nrestarted\n'
