@@ -117,8 +117,7 @@ def test_bundle_four_run_opens_with_openssl_and_certtool(ca, run_playbook, host,
     assert bundle.cert.certificate == certificate
     assert [cert.certificate for cert in bundle.additional_certs] == chain
     assert public_pem(bundle.key) == public_pem(certificate)
-    assert sorted(os.listdir(host)) == ['bundle.p12', 'cert.pem', 'cert.pem.scep.json',
-                                            'chain.pem', 'key.pem']
+    assert sorted(os.listdir(host)) == ['bundle.p12', 'cert.pem', 'cert.pem.scep.json', 'chain.pem', 'key.pem']
     run.assert_not_leaked(ca['challenge'], passphrase)
 
 
