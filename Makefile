@@ -28,7 +28,7 @@ LINT_VENV := .tmp/lint-venv
 LINT_STAMP := $(LINT_VENV)/.requirements.stamp
 COLLECTIONS_ROOT := $(CURDIR)/.tmp/collections
 COLLECTION_LINK := .tmp/collections/ansible_collections/tokenfleet/pki
-DEBIAN_PACKAGES := softhsm2 opensc opensc-pkcs11 scep certmonger git chromium openssl openssh-client \
+DEBIAN_PACKAGES := softhsm2 opensc opensc-pkcs11 scep certmonger git chromium openssl gnutls-bin openssh-client \
   golang-go golang-github-smallstep-certificates-dev prometheus
 STEPCA_BIN := .tmp/stepca/step-ca
 STEPCA_MAIN := tests/stepca/main.go

@@ -33,7 +33,7 @@ description:
     key and certificate, old or new, and the next run completes the swap from the journal, without asking the CA again,
     before it decides anything else. See C(docs/failure-and-recovery.md).
   - Before it decides anything, each run removes what a killed run may have left. These are the temp files
-    V(.tokenfleet-<name>-*) beside the key, certificate, chain and state files, and a V(<private_key_path>.new)
+    V(.tokenfleet-<name>-*) beside the key, certificate, chain, state and O(pkcs12_path) files, and a V(<private_key_path>.new)
     file or a V(<key_label>.new) key on the token, unless a pending rekey request still needs it and it is the key that
     request was made for.
   - Runs on the same O(state_path) take turns. A run holds an exclusive lock, V(<state_path>.lock), until it ends. A
@@ -206,6 +206,37 @@ options:
     description: How many issued certificates the history keeps.
     type: int
     default: 20
+  pkcs12_path:
+    description:
+      - Also keep a PKCS#12 bundle here (mode V(0600)) holding the key of O(private_key_path), the certificate and the
+        CA certificates of O(chain_path), protected by O(pkcs12_passphrase), for a device that takes its key and
+        certificate as one upload (a printer).
+      - It is written when a certificate is issued or renewed, and on any run where it is missing or does not hold
+        the current key, certificate and chain with O(pkcs12_friendly_name) and O(pkcs12_encryption). Whether it does
+        is checked by opening it with O(pkcs12_passphrase), so a bundle that does not open with it (another
+        passphrase) is written again. This needs no request to the CA.
+      - Only for a key file. A key on a token cannot be exported, so O(pkcs12_path) with O(key_label) or O(key_id)
+        fails before anything changes.
+      - O(backup) applies to it; the copy is returned as RV(pkcs12_backup_file).
+    type: path
+  pkcs12_passphrase:
+    description:
+      - Passphrase of O(pkcs12_path); required with it, and it must not be empty (the bundle holds the key). Never
+        logged or returned.
+    type: str
+  pkcs12_friendly_name:
+    description: Friendly name of the key and certificate in O(pkcs12_path). Defaults to the certificate's common name.
+    type: str
+  pkcs12_encryption:
+    description:
+      - How O(pkcs12_path) is protected. V(aes256) is what OpenSSL 3's C(openssl pkcs12 -export) writes, key and
+        certificates encrypted with AES-256-CBC, the key derived with PBKDF2 and HMAC-SHA-256, a SHA-256 MAC.
+      - V(3des) is what OpenSSL 1.1 writes (and OpenSSL 3 with C(-legacy)), PBE with SHA-1 and 3DES and a SHA-1 MAC.
+        Use it only for a device that cannot open the other (older printers).
+      - A bundle written with the other choice is written again.
+    type: str
+    choices: [3des, aes256]
+    default: aes256
   return_content:
     description:
       - Return the PEM of O(certificate_path) (and of O(chain_path)) after the run as RV(certificate_content) (and
@@ -213,8 +244,9 @@ options:
     type: bool
     default: false
 notes:
-  - O(backup) applies to O(certificate_path), O(chain_path) and O(private_key_path) (replaced on a renewal with
-    O(rekey)); the copies are returned as RV(backup_file), RV(chain_backup_file) and RV(private_key_backup_file). The
+  - O(backup) applies to O(certificate_path), O(chain_path), O(pkcs12_path) and O(private_key_path) (replaced on a
+    renewal with O(rekey)); the copies are returned as RV(backup_file), RV(chain_backup_file), RV(pkcs12_backup_file)
+    and RV(private_key_backup_file). The
     state file is never backed up; the V(.old) files that O(remove_old=false) keeps are made either way.
   - O(challenge_password) may also come from the E(SCEP_CHALLENGE_PASSWORD) environment variable. Secrets are never
     logged or returned.
@@ -237,6 +269,19 @@ EXAMPLES = r"""
     organization_name: Example AS
     extended_key_usage: [serverAuth]
     splay: 600
+  delegate_to: localhost
+
+- name: The same with the PKCS#12 bundle the printer's upload page takes (key, certificate, chain)
+  tokenfleet.pki.scep_enroll:
+    url: http://ndes.example.com/certsrv/mscep/mscep.dll
+    ca_fingerprint: "{{ ndes_ca_sha256 }}"
+    challenge_password: "{{ ndes_challenge }}"
+    private_key_path: "/srv/printers/{{ inventory_hostname }}/key.pem"
+    certificate_path: "/srv/printers/{{ inventory_hostname }}/cert.pem"
+    chain_path: "/srv/printers/{{ inventory_hostname }}/chain.pem"
+    pkcs12_path: "/srv/printers/{{ inventory_hostname }}/bundle.p12"
+    pkcs12_passphrase: "{{ printer_pkcs12_passphrase }}"
+    common_name: "{{ ansible_host }}"
   delegate_to: localhost
 
 - name: Workstation VPN certificate for a key on its token, stored on the token too
@@ -303,6 +348,16 @@ chain_backup_file:
   description: Name of the copy of the previous O(chain_path).
   returned: when O(backup=true) and O(chain_path) was replaced
   type: str
+pkcs12_path:
+  description: The O(pkcs12_path) option, when it is set; C(changed) is V(true) when the bundle was (or in check mode
+    would be) written.
+  returned: when O(pkcs12_path) is set
+  type: str
+  sample: /srv/printers/mfp01/bundle.p12
+pkcs12_backup_file:
+  description: Name of the copy of the previous O(pkcs12_path), mode V(0600) like the bundle.
+  returned: when O(backup=true) and O(pkcs12_path) was replaced
+  type: str
 private_key_backup_file:
   description: Name of the copy of the previous O(private_key_path), mode V(0600) like the key.
   returned: when O(backup=true) and O(private_key_path) was replaced (a renewal with O(rekey))
@@ -314,6 +369,7 @@ from ansible.module_utils.basic import AnsibleModule, env_fallback
 from ansible_collections.tokenfleet.pki.plugins.module_utils.backends.scep_enroll import ScepEnrollBackend
 from ansible_collections.tokenfleet.pki.plugins.module_utils.common import run_backend
 from ansible_collections.tokenfleet.pki.plugins.module_utils.files import backup_argument_spec
+from ansible_collections.tokenfleet.pki.plugins.module_utils.pkcs12_bundle import pkcs12_argument_spec
 from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.transport import scep_server_argument_spec
 from ansible_collections.tokenfleet.pki.plugins.module_utils.signer import (
     KEY_SOURCE_MUTUALLY_EXCLUSIVE,
@@ -354,6 +410,7 @@ def main():
         history_size=dict(type='int', default=20),
         return_content=dict(type='bool', default=False),
     )
+    argument_spec.update(pkcs12_argument_spec())
     argument_spec.update(backup_argument_spec())
     module = AnsibleModule(argument_spec=argument_spec,
                            mutually_exclusive=KEY_SOURCE_MUTUALLY_EXCLUSIVE + [('ca_fingerprint', 'ca_certificate_path')],

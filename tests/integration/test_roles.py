@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from harness import REPO_ROOT, random_pin
@@ -172,3 +173,43 @@ def test_device_certificate_role_passes_ra_fingerprint_to_scep_enroll(micromdm, 
     record = json.loads((tmp_path / 'keys' / 'cert.pem.error.json').read_text())
     assert record['reason'].startswith('ra_fingerprint %s matches none of the certificates the SCEP server sent' % ('ab' * 32))
     assert server.pkioperation_count() == 0
+
+
+def test_device_certificate_role_leaves_exactly_its_files_and_cleans_what_a_killed_run_left(micromdm, run_playbook,
+                                                                                            tmp_path):
+    """scep_enroll writes the bundle: after a printer run the device directory holds exactly the role's files (no
+    bundle.p12.new, no temp file); a temp file and a bundle.p12.new a killed or older run left are gone after the next
+    run, nothing due or renewing; the device restarts exactly once per delivered certificate."""
+    challenge, passphrase = random_pin(32), random_pin(24)
+    server = micromdm(challenge=challenge)
+    marker = tmp_path / 'restarted'
+    restart = tmp_path / 'restart.yml'
+    restart.write_text('- name: Restart\n  ansible.builtin.shell: echo restarted >> %s\n  delegate_to: localhost\n' % marker)
+    keys = tmp_path / 'keys'
+    variables = dict(device_certificate_scep_url=server.url, device_certificate_ca_fingerprint=server.ca_fingerprint_sha256,
+                     device_certificate_challenge_password=challenge, device_certificate_pkcs12_passphrase=passphrase,
+                     device_certificate_dir=str(keys), device_certificate_out_dir=str(tmp_path / 'out'),
+                     device_certificate_common_name='192.0.2.17', device_certificate_restart_tasks=str(restart))
+    expected = ['bundle.p12', 'cert.pem', 'cert.pem.scep.json', 'chain.pem', 'delivered', 'key.pem']
+    first = run_playbook([role_task('role', 'device_certificate', variables)])
+    assert first.rc == 0, first.output()
+    assert sorted(os.listdir(keys)) == expected
+    assert oct(os.stat(keys / 'bundle.p12').st_mode & 0o777) == '0o600'
+    assert (tmp_path / 'out' / 'localhost' / 'bundle.p12').read_bytes() == (keys / 'bundle.p12').read_bytes()
+    assert marker.read_text() == 'restarted\n'
+
+    for case, extra, requests in (('nothing due', {}, 1), ('renewal', dict(device_certificate_renew_before=400), 2)):
+        (keys / 'bundle.p12.new').write_bytes((keys / 'bundle.p12').read_bytes())
+        (keys / '.tokenfleet-bundle.p12-x7k2m9q_').write_bytes((keys / 'bundle.p12').read_bytes())
+        run = run_playbook([role_task('role', 'device_certificate', dict(variables, **extra))])
+        assert run.rc == 0, run.output()
+        assert sorted(os.listdir(keys)) == expected, case
+        assert server.pkioperation_count() == requests, case
+        dummy, packed, dummy2 = pkcs12.load_key_and_certificates((keys / 'bundle.p12').read_bytes(), passphrase.encode())
+        assert packed.public_bytes(serialization.Encoding.PEM) == (keys / 'cert.pem').read_bytes(), case
+    assert changed_tasks(run) == ['Remove the bundle.p12.new an older version of the role left',
+                                  'Certificate for the device from the SCEP CA (enrolled, renewed or left alone)',
+                                  'Copy the certificate, chain and bundle', 'Remember which certificate the device has',
+                                  'Restart']
+    assert (tmp_path / 'out' / 'localhost' / 'bundle.p12').read_bytes() == (keys / 'bundle.p12').read_bytes()
+    assert marker.read_text() == 'restarted\nrestarted\n'

@@ -36,6 +36,7 @@ from ansible_collections.tokenfleet.pki.plugins.module_utils.keys import (
     swap_token_key,
     token_key_hex,
 )
+from ansible_collections.tokenfleet.pki.plugins.module_utils.pkcs12_bundle import Pkcs12Bundle
 from ansible_collections.tokenfleet.pki.plugins.module_utils.renewal_window import RenewBefore, RenewBeforeError
 from ansible_collections.tokenfleet.pki.plugins.module_utils.scep.client import (
     ScepClient,
@@ -150,6 +151,12 @@ class ScepEnrollBackend(object):
         if params['curve'] is not None and params['key_type'] != 'ec':
             raise ScepError('curve is the curve of a generated EC key: it needs key_type ec (got key_type %s)'
                             % params['key_type'])
+        self.bundle = None
+        if params['pkcs12_path'] is not None:
+            if self.key_path is None:
+                raise ScepError('pkcs12_path needs the key in a file (private_key_path): a key on a token cannot be '
+                                'exported into a PKCS#12 bundle')
+            self.bundle = Pkcs12Bundle(module, self.backups)
         self.replayed = None
         self.written = []
 
@@ -212,8 +219,10 @@ class ScepEnrollBackend(object):
         if self.state.upgraded and not self.check_mode:
             self.state.save(self.module)  # at once: the old format kept the request, challenge included
         result = self._run()
+        if self.bundle is not None:
+            self._ensure_bundle(result)
         for name, path in (('backup_file', self.certificate_path), ('private_key_backup_file', self.key_path),
-                           ('chain_backup_file', params['chain_path'])):
+                           ('chain_backup_file', params['chain_path']), ('pkcs12_backup_file', params['pkcs12_path'])):
             if self.backups and path and os.path.abspath(path) in self.backups:
                 result[name] = self.backups[os.path.abspath(path)]
         if params['return_content']:
@@ -224,6 +233,27 @@ class ScepEnrollBackend(object):
             after = self._host_facts() if not self.check_mode else dict(before, **(self.predicted or {}))
             result['diff'] = dict(before=before, after=after)
         return result
+
+    def _ensure_bundle(self, result):
+        """The PKCS#12 bundle of the key, certificate and chain the run ends with; nothing while there is no
+        certificate for the key yet (a first request pending). In check mode a certificate to be issued means a new
+        bundle; otherwise the bundle is compared with the current files."""
+        result['pkcs12_path'] = self.bundle.path
+        if self.check_mode and result['status'] in ('issued', 'renewed'):
+            return
+        certificate = self._current_certificate()
+        key = self.files.load(self.key_path)
+        if certificate is None or key is None or public_key_der(certificate.public_key()) != public_key_der(
+                key.public_key()):
+            return
+        chain_path = self.module.params['chain_path']
+        chain = []
+        if chain_path and os.path.exists(chain_path):
+            chain = x509.load_pem_x509_certificates(read_file(chain_path, 'chain_path'))
+        if self.bundle.ensure(key, certificate, chain) and not result['changed']:
+            result['changed'] = True
+            result['reason'] += ('; pkcs12_path %s did not hold the current key and certificate (or is missing, or '
+                                 'does not open with pkcs12_passphrase) and is written again' % self.bundle.path)
 
     @staticmethod
     def _content(path):
@@ -262,6 +292,9 @@ class ScepEnrollBackend(object):
                 self.predicted['chain'] = pem_certificates_facts(''.join(swap['chain']).encode('ascii'))
             return self._swap_result(swap, changed=True)
         if self.files is not None:
+            if not self.check_mode:  # before a journaled swap is completed too, which needs the .new key
+                self.files.clean(keep_new=self._pending_rekey() or self.state.swap is not None,
+                                 extra_paths=self._other_paths())
             return self._replay_file() or self._run_file()
         if self.state.swap is not None or self._pending_rekey():
             self.key_source.rw = True
@@ -278,19 +311,21 @@ class ScepEnrollBackend(object):
             return None
         done = swap['kind'] == 'file' and self.files.swap(swap['new_key'], swap['certificate'].encode('ascii'),
                                                           swap.get('keep_old', False))
+        if not done:
+            self._discard_new_key(True)  # another key than the journal's, or none: rolled back
         return self._close_swap(done)
 
     def _run_file(self):
-        if not self.check_mode:
-            self.files.clean(keep_new=self._pending_rekey(), extra_paths=self._other_paths())
         certificate = self._current_certificate()
         key, generated = self._file_key()
         return self._run_with_key(certificate, key, generated)
 
     def _other_paths(self):
+        """The files besides key and certificate that a run may write, whose temp files a killed run may leave."""
         paths = [self.state_path]
-        if self.module.params['chain_path']:
-            paths.append(self.module.params['chain_path'])
+        for option in ('chain_path', 'pkcs12_path'):
+            if self.module.params[option]:
+                paths.append(self.module.params[option])
         return paths
 
     def _prepare_token(self, session):
