@@ -13,8 +13,10 @@ description:
   - Connects to O(host):O(port), reads the certificate the server presents in the TLS handshake and says whether it
     can stay (RV(keep)) - issued under the pinned CA (O(ca_certificate_path)) and not yet due for renewal under
     O(renew_before) - or why not (RV(reason)).
-  - The chain is checked by OpenSSL against the pinned certificates only (an intermediate CA can be the pin); the
-    server's name is not checked, as devices are often known by address only. A server that cannot be reached, or
+  - The chain the server sends is checked against the pinned certificates only (an intermediate CA can be the pin):
+    a path of signatures from the certificate through CA certificates the server sent to a pinned one. Neither the
+    server's name nor the certificate's purpose is checked - devices are often known by address only, and SCEP CAs
+    often issue device certificates for client authentication that the devices serve anyway. A server that cannot be reached, or
     presents nothing, is not an error; RV(presented) is V(false) and RV(reason) says why.
   - With O(path), a certificate that can stay is written there (PEM). The M(tokenfleet.pki.device_certificate) role
     uses this when its store has no record of a device (a new execution environment, a lost volume), so that only
