@@ -166,8 +166,8 @@ class Job:
         return self.runner.rc
 
     def output(self) -> str:
-        return '--- job %s rc=%s status=%s\n%s' % (self.directory, self.runner.rc, self.runner.status,
-                                                    self.runner.stdout.read()[-6000:])
+        tail = self.runner.stdout.read()[-6000:]
+        return '--- job %s rc=%s status=%s\n%s' % (self.directory, self.runner.rc, self.runner.status, tail)
 
     def hosts(self) -> set[str]:
         """Every host the job's events name."""
