@@ -12,15 +12,15 @@ import time
 from ansible.errors import AnsibleActionFail, AnsibleError
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
+from ansible.utils.unsafe_proxy import wrap_var
 
 from ansible_collections.tokenfleet.pki.plugins.module_utils import fleet_report, report_page
 from ansible_collections.tokenfleet.pki.plugins.module_utils.common import PkiError
 
 try:  # ansible-core 2.19 renders only text marked as a trusted template
     from ansible.template import trust_as_template
-except ImportError:  # ansible-core < 2.19, which templates variables' text again unless it is marked unsafe
+except ImportError:  # ansible-core < 2.19, which templates variables' text again unless it is marked unsafe (wrap_var)
     trust_as_template = None
-    from ansible.utils.unsafe_proxy import wrap_var
 
 
 class ActionModule(ActionBase):
