@@ -68,23 +68,28 @@ class Pkcs12Bundle(object):
         names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         return names[0].value if names else None
 
-    def holds(self, key, certificate, chain):
-        """True when the bundle opens with the passphrase and holds exactly these, as this task would write them."""
+    def differs(self, key, certificate, chain):
+        """None when the bundle opens with the passphrase and holds exactly these, as this task would write them;
+        else how it differs, for the result's reason."""
         if not os.path.exists(self.path):
-            return False
+            return 'is missing'
         data = read_file(self.path, 'pkcs12_path')
         try:
             bundle = pkcs12.load_pkcs12(data, self.passphrase.encode('utf-8'))
             mac = Pfx.load(data)['mac_data']['mac']['digest_algorithm']['algorithm'].native
         except (ValueError, TypeError, KeyError):  # not a bundle, or not this passphrase: written again
-            return False
+            return 'does not open with pkcs12_passphrase'
         name = self._name(certificate)
-        return (bundle.key is not None and bundle.cert is not None
-                and public_key_der(bundle.key.public_key()) == public_key_der(key.public_key())
-                and bundle.cert.certificate == certificate
-                and bundle.cert.friendly_name == (name.encode('utf-8') if name is not None else None)
-                and [cert.certificate for cert in bundle.additional_certs] == list(chain)
-                and mac == _ENCRYPTIONS[self.encryption][2])
+        checks = (
+            (bundle.key is not None and public_key_der(bundle.key.public_key()) == public_key_der(key.public_key()),
+             'holds another key'),
+            (bundle.cert is not None and bundle.cert.certificate == certificate, 'holds another certificate'),
+            (bundle.cert is not None and bundle.cert.friendly_name == (name.encode('utf-8') if name is not None else None),
+             'has another friendly name'),
+            ([cert.certificate for cert in bundle.additional_certs] == list(chain), 'holds another chain'),
+            (mac == _ENCRYPTIONS[self.encryption][2], 'is not encrypted as pkcs12_encryption says'),
+        )
+        return next((why for same, why in checks if not same), None)
 
     def _content(self, key, certificate, chain):
         algorithm, digest, dummy = _ENCRYPTIONS[self.encryption]
@@ -96,14 +101,14 @@ class Pkcs12Bundle(object):
                                                      certificate, list(chain) or None, encryption)
 
     def ensure(self, key, certificate, chain):
-        """Write the bundle unless it holds these already (check mode: only say so); True when anything changed.
+        """Write the bundle unless it holds these already (check mode: only say so); (changed, how it differed).
 
         Mode 0600 whatever the task's mode says, like the key file: the bundle holds the key.
         """
-        changed = not self.holds(key, certificate, chain)
-        if changed and not self.module.check_mode:
+        why = self.differs(key, certificate, chain)
+        if why is not None and not self.module.check_mode:
             write_file(self.module, self.path, self._content(key, certificate, chain), 0o600,
                        private_file_args(self.module, self.path), self.backups)
         if self.module.check_file_absent_if_check_mode(self.path):
-            return True
-        return self.module.set_fs_attributes_if_different(private_file_args(self.module, self.path), changed)
+            return True, why
+        return self.module.set_fs_attributes_if_different(private_file_args(self.module, self.path), why is not None), why

@@ -158,12 +158,13 @@ def test_bundle_is_rewritten_on_renewal_and_when_it_no_longer_holds_the_pair(ca,
     assert openssl_key(host / 'bundle.p12', passphrase) == public_pem(renewed)
     assert server.pkioperation_count() == 2
 
-    for case, change, options in (
-            ('deleted', lambda: (host / 'bundle.p12').unlink(), {}),
-            ('other passphrase', lambda: None, dict(pkcs12_passphrase=other)),
-            ('3des', lambda: None, dict(pkcs12_passphrase=other, pkcs12_encryption='3des')),
+    for case, change, options, why in (
+            ('deleted', lambda: (host / 'bundle.p12').unlink(), {}, 'is missing'),
+            ('other passphrase', lambda: None, dict(pkcs12_passphrase=other), 'does not open with pkcs12_passphrase'),
+            ('3des', lambda: None, dict(pkcs12_passphrase=other, pkcs12_encryption='3des'),
+             'is not encrypted as pkcs12_encryption says'),
             ('friendly name', lambda: None, dict(pkcs12_passphrase=other, pkcs12_encryption='3des',
-                                                 pkcs12_friendly_name='Printer 1'))):
+                                                 pkcs12_friendly_name='Printer 1'), 'has another friendly name')):
         change()
         wanted = options.get('pkcs12_passphrase', passphrase)
         run = run_playbook([module_task('scep_enroll', 'check', dict(args, **options), check=True),
@@ -174,8 +175,7 @@ def test_bundle_is_rewritten_on_renewal_and_when_it_no_longer_holds_the_pair(ca,
         assert results == [('check', 'ok', True, 'unchanged'), ('again', 'ok', True, 'unchanged'),
                            ('then', 'ok', False, 'unchanged')], (case, run.output())
         assert run.result('again')['result']['reason'].endswith(
-            '; pkcs12_path %s did not hold the current key and certificate (or is missing, or does not open with '
-            'pkcs12_passphrase) and is written again' % (host / 'bundle.p12'))
+            '; pkcs12_path %s %s, so it is written again' % (host / 'bundle.p12', why)), (case, run.output())
         assert openssl_key(host / 'bundle.p12', wanted) == public_pem(renewed), case
         assert load(host, wanted).cert.certificate == renewed
         assert oct(os.stat(host / 'bundle.p12').st_mode & 0o777) == '0o600'

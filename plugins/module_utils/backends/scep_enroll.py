@@ -250,10 +250,11 @@ class ScepEnrollBackend(object):
         chain = []
         if chain_path and os.path.exists(chain_path):
             chain = x509.load_pem_x509_certificates(read_file(chain_path, 'chain_path'))
-        if self.bundle.ensure(key, certificate, chain) and not result['changed']:
+        changed, why = self.bundle.ensure(key, certificate, chain)
+        if changed and not result['changed']:
             result['changed'] = True
-            result['reason'] += ('; pkcs12_path %s did not hold the current key and certificate (or is missing, or '
-                                 'does not open with pkcs12_passphrase) and is written again' % self.bundle.path)
+            result['reason'] += '; pkcs12_path %s %s, so it is written again' % (
+                self.bundle.path, why or 'does not have the wanted file attributes')
 
     @staticmethod
     def _content(path):
