@@ -13,8 +13,8 @@ description:
   - Connects to O(host):O(port), reads the certificate the server presents in the TLS handshake and says whether it
     can stay (RV(keep)) - issued under the pinned CA (O(ca_certificate_path)) and not yet due for renewal under
     O(renew_before) - or why not (RV(reason)).
-  - The chain the server sends is checked against the pinned certificates only (an intermediate CA can be the pin):
-    a path of signatures from the certificate through CA certificates the server sent to a pinned one. Neither the
+  - The chain the server sends is checked against the pinned certificates only (an intermediate CA can be the pin),
+    as a path of signatures from the certificate through CA certificates the server sent to a pinned one. Neither the
     server's name nor the certificate's purpose is checked - devices are often known by address only, and SCEP CAs
     often issue device certificates for client authentication that the devices serve anyway. A server that cannot be reached, or
     presents nothing, is not an error; RV(presented) is V(false) and RV(reason) says why.

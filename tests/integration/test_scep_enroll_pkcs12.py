@@ -159,7 +159,7 @@ def test_bundle_is_rewritten_on_renewal_and_when_it_no_longer_holds_the_pair(ca,
     assert server.pkioperation_count() == 2
 
     for case, change, options, why in (
-            ('deleted', lambda: (host / 'bundle.p12').unlink(), {}, 'is missing'),
+            ('deleted', (host / 'bundle.p12').unlink, {}, 'is missing'),
             ('other passphrase', lambda: None, dict(pkcs12_passphrase=other), 'does not open with pkcs12_passphrase'),
             ('3des', lambda: None, dict(pkcs12_passphrase=other, pkcs12_encryption='3des'),
              'is not encrypted as pkcs12_encryption says'),
