@@ -224,6 +224,9 @@ def test_a_cancelled_sliced_rotation_and_the_next_run(stepca, tmp_path):
     finally:
         proxy.stop()
     final, issued_final = fleet.serials(), issued_per_host(server, fleet)
+    # What the cancelled and the next run did, per host (printed for the record; pytest -s shows it).
+    print('certificates issued per host (provision + cancelled run, then after the next run), renewed before the '
+          'cancel: %s' % dict((host, (issued_cancelled[host], issued_final[host], host in renewed)) for host in fleet.hosts))
     for host in renewed:  # renewed before the cancel: nothing asked of the CA for them
         assert issued_final[host] == issued_cancelled[host] and final[host] == cancelled[host], host
     soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=2)
