@@ -258,20 +258,7 @@ seealso:
 
 EXAMPLES = r"""
 ---
-- name: Printer certificate from NDES, renewed 30 days before expiry (runs on the controller for the printer)
-  tokenfleet.pki.scep_enroll:
-    url: http://ndes.example.com/certsrv/mscep/mscep.dll
-    ca_fingerprint: "{{ ndes_ca_sha256 }}"
-    challenge_password: "{{ ndes_challenge }}"
-    private_key_path: "/srv/printers/{{ inventory_hostname }}/key.pem"
-    certificate_path: "/srv/printers/{{ inventory_hostname }}/cert.pem"
-    common_name: "{{ ansible_host }}"
-    organization_name: Example AS
-    extended_key_usage: [serverAuth]
-    splay: 600
-  delegate_to: localhost
-
-- name: The same with the PKCS#12 bundle the printer's upload page takes (key, certificate, chain)
+- name: Printer certificate from NDES, renewed 30 days before expiry, with the PKCS#12 bundle its upload page takes
   tokenfleet.pki.scep_enroll:
     url: http://ndes.example.com/certsrv/mscep/mscep.dll
     ca_fingerprint: "{{ ndes_ca_sha256 }}"
@@ -279,10 +266,13 @@ EXAMPLES = r"""
     private_key_path: "/srv/printers/{{ inventory_hostname }}/key.pem"
     certificate_path: "/srv/printers/{{ inventory_hostname }}/cert.pem"
     chain_path: "/srv/printers/{{ inventory_hostname }}/chain.pem"
-    pkcs12_path: "/srv/printers/{{ inventory_hostname }}/bundle.p12"
+    pkcs12_path: "/srv/printers/{{ inventory_hostname }}/bundle.p12"  # key, certificate and chain
     pkcs12_passphrase: "{{ printer_pkcs12_passphrase }}"
     common_name: "{{ ansible_host }}"
-  delegate_to: localhost
+    organization_name: Example AS
+    extended_key_usage: [serverAuth]
+    splay: 600
+  delegate_to: localhost  # runs on the controller for the printer
 
 - name: Workstation VPN certificate for a key on its token, stored on the token too
   tokenfleet.pki.scep_enroll:

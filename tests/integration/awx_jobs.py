@@ -198,12 +198,16 @@ class Job:
                 return int(entry)
         raise AssertionError('no ansible-playbook process for %s' % self.directory)
 
-    def cancel(self, grace: float = 5.0) -> None:
-        """What AWX does on cancel: SIGINT to the job's process group, SIGKILL ``grace`` seconds later."""
-        group = os.getpgid(self.playbook_pid())
-        assert group != os.getpgid(0)
+
+def cancel(jobs: t.Sequence[Job], grace: float = 5.0) -> None:
+    """What AWX does on cancel, for jobs running at once: SIGINT to every job's ansible-playbook process group,
+    SIGKILL ``grace`` seconds later."""
+    groups = [os.getpgid(job.playbook_pid()) for job in jobs]
+    assert os.getpgid(0) not in groups
+    for group in groups:
         os.killpg(group, signal.SIGINT)
-        time.sleep(grace)
+    time.sleep(grace)
+    for group in groups:
         try:
             os.killpg(group, signal.SIGKILL)
         except ProcessLookupError:

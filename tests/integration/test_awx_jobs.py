@@ -17,7 +17,6 @@ import collections
 import datetime
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ import time
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-from awx_jobs import PROVISION, Fleet, public_der
+from awx_jobs import PROVISION, Fleet, cancel, public_der
 from harness import REPO_ROOT, free_port
 from stepca import verify_chain
 
@@ -198,17 +197,7 @@ def test_a_cancelled_sliced_rotation_and_the_next_run(stepca, tmp_path):
         forwarded = [proxy.next_reply(120) for dummy in range(9)]
         assert None not in forwarded, [job.output() for job in jobs]
         time.sleep(max(0.0, forwarded[-1] + 0.5 - time.monotonic()))
-        # AWX's cancel: SIGINT to every job's ansible-playbook process group, SIGKILL 5 s later.
-        groups = [os.getpgid(job.playbook_pid()) for job in jobs]
-        assert os.getpgid(0) not in groups
-        for group in groups:
-            os.killpg(group, signal.SIGINT)
-        time.sleep(5)
-        for group in groups:
-            try:
-                os.killpg(group, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        cancel(jobs, grace=5.0)  # AWX's cancel: SIGINT to each job's ansible-playbook group, SIGKILL 5 s later
         for job in jobs:
             job.wait(60)
         cancelled = fleet.serials()
