@@ -61,6 +61,9 @@ class DelayProxy:
     ``next_reply(timeout)`` blocks until the server has answered a PKIOperation and returns the
     ``time.monotonic()`` at which the proxy forwards that answer (``hold`` seconds after it arrived).
     ``pki_operations`` counts the PKIOperation requests that went through.
+
+    ``gate_after(n)``: the replies after the first ``n`` are held until ``open_gate()`` (or ``stop()``), so that a test
+    can act while requests are known to be in flight; ``held`` counts the replies waiting there.
     """
 
     def __init__(self, target_port: int, hold: float = 0.3, path: str = '/scep', lifetime: float = 900.0) -> None:
@@ -79,6 +82,10 @@ class DelayProxy:
         self._listener.settimeout(0.2)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._gate_after: int | None = None
+        self._gate = threading.Event()
+        self._gate.set()
+        self.held = 0
 
     @property
     def port(self) -> int:
@@ -95,6 +102,7 @@ class DelayProxy:
 
     def stop(self) -> None:
         self._stop.set()
+        self._gate.set()
         if self._thread is not None:
             self._thread.join(5)
         self._listener.close()
@@ -104,6 +112,13 @@ class DelayProxy:
 
     def __exit__(self, *exc_info: t.Any) -> None:
         self.stop()
+
+    def gate_after(self, replies: int) -> None:
+        self._gate_after = replies
+        self._gate.clear()
+
+    def open_gate(self) -> None:
+        self._gate.set()
 
     def next_reply(self, timeout: float) -> float | None:
         """When the next held PKIOperation reply is forwarded (monotonic clock), None if none came in ``timeout``."""
@@ -136,6 +151,12 @@ class DelayProxy:
             if pki_operation:
                 with self._lock:
                     self.pki_operations += 1
+                    gated = self._gate_after is not None and self.pki_operations > self._gate_after
+                    self.held += gated
+                while gated and not self._gate.wait(0.2) and not self._stop.is_set():
+                    pass
+                with self._lock:
+                    self.held -= gated
                 forward_at = time.monotonic() + self.hold
                 self._replies.put(forward_at)
                 self._stop.wait(max(0.0, forward_at - time.monotonic()))

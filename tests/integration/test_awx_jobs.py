@@ -191,11 +191,16 @@ def test_a_cancelled_sliced_rotation_and_the_next_run(stepca, tmp_path):
     proxy = DelayProxy(server.http_port, hold=2.0, path='/scep/tokenfleet').start()
     try:
         via_proxy = dict(token_certificate_scep_url=proxy.url, device_certificate_scep_url=proxy.url)
+        # After the 9th reply the proxy holds every reply: the cancel lands while requests are known to be in flight
+        # (the CA has answered them, the hosts do not have the answers), whatever the machine's speed.
+        proxy.gate_after(9)
         jobs = [fleet.start_job('rotate.yml', hosts=part, extravars=due, inventory_vars=via_proxy) for part in slices(fleet)]
-        # The 9th reply: the 8 workstations come first in each slice, so the cancel lands in the printers' play of
-        # some slices and in the workstations' play of others; at least 3 replies are still held.
         forwarded = [proxy.next_reply(120) for dummy in range(9)]
         assert None not in forwarded, [job.output() for job in jobs]
+        deadline = time.monotonic() + 120
+        while proxy.held == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proxy.held > 0, [job.output() for job in jobs]
         time.sleep(max(0.0, forwarded[-1] + 0.5 - time.monotonic()))
         cancel(jobs, grace=5.0)  # AWX's cancel: SIGINT to each job's ansible-playbook group, SIGKILL 5 s later
         for job in jobs:
@@ -206,6 +211,7 @@ def test_a_cancelled_sliced_rotation_and_the_next_run(stepca, tmp_path):
         issued_cancelled = issued_per_host(server, fleet)
 
         proxy.hold = 0
+        proxy.open_gate()
         again = [fleet.start_job('rotate.yml', hosts=part, extravars=due, inventory_vars=via_proxy) for part in slices(fleet)]
         for job in again:
             job.wait()
